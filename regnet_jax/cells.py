@@ -1,0 +1,183 @@
+"""ConvRNN regulator cells (paper Eq. 1 and the ConvGRU / ConvLSTM of Sec. III).
+
+Every "2N -> N" convolution inside a cell is a :class:`GateConv`: either the paper's
+light-weight two-step convolution (a grouped 1x1 with ``groups=N`` that fuses channel pairs,
+then a depthwise 3x3; 11N weights per gate) or a dense 3x3 convolution (18N^2 weights per
+gate; Table I's other row). All gates that read the same input are computed as one stacked
+operation: ``GateConv(features=N, gates=G)`` maps two N-channel inputs to G*N channels,
+gate-major (channels ``[g*N:(g+1)*N]`` belong to gate g).
+
+Cells are plain linen modules over explicit inputs; the stage in ``models.py`` decides whether
+one cell's parameters are shared across the blocks of a stage (an RNN, the default) or each
+block has its own.
+
+Shapes: x and every state tensor are ``[B, H, W, N]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Array = jax.Array
+Dtype = Any
+
+CELL_TYPES = ("rnn", "gru", "lstm")
+CELL_CONVS = ("light", "dense3x3")
+PAIRINGS = ("concat", "interleave")
+CONV_IMPLS = ("elementwise", "conv")
+
+_pointwise_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", 0, 1)
+_depthwise_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", (0, 1), 2)
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+  """Raises a ValueError naming the valid choices if ``value`` is not one of them."""
+  if value not in choices:
+    raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(str, choices))}")
+
+
+def _channel_pairs(a: Array, b: Array, pairing: str) -> tuple[Array, Array]:
+  """Returns the (first, second) members of the N channel pairs of ``concat([a, b])``.
+
+  ``concat``: the literal grouped 1x1 over ``concat([a, b], -1)`` pairs adjacent channels
+  (2k, 2k+1), so output k < N/2 sees only ``a`` and output k >= N/2 sees only ``b``.
+  ``interleave``: pair k is ``(a_k, b_k)``. Both inputs and outputs are ``[..., N]``.
+  """
+  if pairing == "interleave":
+    return a, b
+  z = jnp.concatenate([a, b], axis=-1)
+  return z[..., 0::2], z[..., 1::2]
+
+
+def depthwise3x3(x: Array, kernel: Array, impl: str) -> Array:
+  """3x3 depthwise convolution, stride 1, zero 'SAME' padding.
+
+  Args:
+    x: ``[B, H, W, C]``.
+    kernel: ``[3, 3, C]``.
+    impl: ``'conv'`` (``lax.conv`` with ``feature_group_count=C``) or ``'elementwise'``
+      (nine shifted multiply-adds, which XLA fuses into one loop; faster on CPU).
+  Returns:
+    ``[B, H, W, C]``.
+  """
+  if impl == "conv":
+    return jax.lax.conv_general_dilated(
+        x, kernel[:, :, None, :], (1, 1), ((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+  h, w = x.shape[1], x.shape[2]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  taps = [xp[:, i:i + h, j:j + w, :] * kernel[i, j] for i in range(3) for j in range(3)]
+  return sum(taps[1:], taps[0])
+
+
+class GateConv(nn.Module):
+  """G stacked "2N -> N" gate convolutions over the channel concatenation ``[a, b]``.
+
+  Attributes:
+    features: N, the width of each input and of each gate.
+    gates: G, the number of gates computed from the same input.
+    kind: ``'light'`` (grouped 1x1 with groups=N, then depthwise 3x3) or ``'dense3x3'``.
+    pairing: channel pairing of the grouped 1x1, see :func:`_channel_pairs`.
+    impl: how the light-weight convolution is computed: ``'elementwise'`` or ``'conv'``;
+      both give the same result from the same parameters.
+    use_bias: one bias per gate channel (on the depthwise step for ``'light'``).
+    dtype: compute dtype; parameters are float32.
+  """
+
+  features: int
+  gates: int = 1
+  kind: Literal["light", "dense3x3"] = "light"
+  pairing: Literal["concat", "interleave"] = "concat"
+  impl: Literal["elementwise", "conv"] = "elementwise"
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, a: Array, b: Array) -> Array:
+    """Maps ``a, b: [B, H, W, N]`` to the stacked gates ``[B, H, W, G*N]``."""
+    n, g = self.features, self.gates
+    if self.kind == "dense3x3":
+      return nn.Conv(g * n, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias,
+                     dtype=self.dtype, name="conv")(jnp.concatenate([a, b], axis=-1))
+    # Step 1: grouped 1x1, groups=N: gate channel (g, k) = w0[g,k] * p_k + w1[g,k] * q_k.
+    pointwise = self.param("pointwise", _pointwise_init, (2, g * n))
+    depthwise = self.param("depthwise", _depthwise_init, (3, 3, g * n))
+    pointwise, depthwise = pointwise.astype(self.dtype), depthwise.astype(self.dtype)
+    p, q = _channel_pairs(a.astype(self.dtype), b.astype(self.dtype), self.pairing)
+    if self.impl == "conv":
+      # Pair channels (p_k, q_k) as input group k; group k's outputs are its G gates.
+      pq = jnp.stack([p, q], axis=-1).reshape(*p.shape[:-1], 2 * n)
+      kernel = pointwise.reshape(2, g, n).transpose(0, 2, 1).reshape(1, 1, 2, n * g)
+      y = jax.lax.conv_general_dilated(
+          pq, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+          feature_group_count=n)
+      y = y.reshape(*y.shape[:-1], n, g).swapaxes(-1, -2).reshape(*y.shape[:-1], g * n)
+    else:
+      w = pointwise.reshape(2, g, n)
+      y = (p[..., None, :] * w[0] + q[..., None, :] * w[1]).reshape(*p.shape[:-1], g * n)
+    # Step 2: depthwise 3x3 (groups = G*N).
+    y = depthwise3x3(y, depthwise, self.impl)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (g * n,)).astype(self.dtype)
+    return y
+
+
+def initial_state(cell: str, x: Array) -> tuple[Array, ...]:
+  """Zero state for a cell of type ``cell`` on input ``x: [B, H, W, N]``: ``(h,)``, or
+  ``(h, c)`` for the LSTM, each ``[B, H, W, N]``."""
+  zeros = jnp.zeros_like(x)
+  return (zeros, zeros) if cell == "lstm" else (zeros,)
+
+
+class ConvCell(nn.Module):
+  """A ConvRNN, ConvGRU or ConvLSTM cell with N input and N hidden channels.
+
+  ``rnn`` (Eq. 1): ``h' = tanh(W_h * [x, h] + b_h)``.
+  ``gru`` (Ballas et al.): ``z, r = sigmoid(W_{z,r} * [x, h])``,
+  ``h~ = tanh(W_h * [x, r*h])``, ``h' = (1 - z) * h + z * h~``.
+  ``lstm`` (Shi et al., no peepholes): ``i, f, o = sigmoid(W * [x, h])``,
+  ``g = tanh(W_g * [x, h])``, ``c' = f*c + i*g``, ``h' = o * tanh(c')``.
+
+  Attributes:
+    features: N.
+    cell: ``'rnn'``, ``'gru'`` or ``'lstm'``.
+    conv: keyword arguments of every :class:`GateConv` (kind, pairing, impl, use_bias).
+    dtype: compute dtype.
+  """
+
+  features: int
+  cell: Literal["rnn", "gru", "lstm"] = "gru"
+  conv: dict = None  # type: ignore[assignment]
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, state: tuple[Array, ...]) -> tuple[Array, tuple[Array, ...]]:
+    """One time step.
+
+    Args:
+      x: ``[B, H, W, N]``, the block's feature map X2.
+      state: ``(h,)`` or ``(h, c)``, each ``[B, H, W, N]``.
+    Returns:
+      ``(h_new, new_state)``; ``h_new: [B, H, W, N]`` and ``new_state`` like ``state``.
+    """
+    n = self.features
+    gate = lambda gates, name: GateConv(n, gates, dtype=self.dtype, name=name, **(self.conv or {}))
+    h = state[0]
+    if self.cell == "rnn":
+      h_new = jnp.tanh(gate(1, "h")(x, h))
+      return h_new, (h_new,)
+    if self.cell == "gru":
+      z, r = jnp.split(nn.sigmoid(gate(2, "zr")(x, h)), 2, axis=-1)
+      h_tilde = jnp.tanh(gate(1, "h")(x, r * h))
+      h_new = (1.0 - z) * h + z * h_tilde
+      return h_new, (h_new,)
+    c = state[1]
+    ifo, g = jnp.split(gate(4, "ifog")(x, h), [3 * n], axis=-1)
+    i, f, o = jnp.split(nn.sigmoid(ifo), 3, axis=-1)
+    c_new = f * c + i * jnp.tanh(g)
+    h_new = o * jnp.tanh(c_new)
+    return h_new, (h_new, c_new)

@@ -1,0 +1,106 @@
+"""The light-weight convolution and the cells against independently written references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from regnet_jax.cells import ConvCell, GateConv, initial_state
+
+N, G = 6, 3
+
+
+def _inputs(seed=0, n=N):
+  ka, kb = jax.random.split(jax.random.PRNGKey(seed))
+  return jax.random.normal(ka, (2, 5, 7, n)), jax.random.normal(kb, (2, 5, 7, n))
+
+
+def dense_reference(params, a, b, pairing):
+  """The light-weight conv as two dense convolutions with equivalent sparse kernels."""
+  pw, dw = np.asarray(params["pointwise"]), np.asarray(params["depthwise"])
+  n, gn = a.shape[-1], pw.shape[1]
+  # Dense 1x1 kernel 2N -> G*N over concat([a, b]); gate channel (g, k) reads pair k.
+  k1 = np.zeros((1, 1, 2 * n, gn), np.float32)
+  for o in range(gn):
+    k = o % n
+    first, second = (k, n + k) if pairing == "interleave" else (2 * k, 2 * k + 1)
+    k1[0, 0, first, o], k1[0, 0, second, o] = pw[0, o], pw[1, o]
+  k3 = np.zeros((3, 3, gn, gn), np.float32)
+  for c in range(gn):
+    k3[:, :, c, c] = dw[:, :, c]
+  conv = lambda x, k: jax.lax.conv_general_dilated(
+      x, jnp.asarray(k), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return conv(conv(jnp.concatenate([a, b], -1), k1), k3) + params["bias"]
+
+
+@pytest.mark.parametrize("pairing", ["concat", "interleave"])
+@pytest.mark.parametrize("impl", ["elementwise", "conv"])
+def test_light_conv_equals_sparse_dense_reference(pairing, impl):
+  a, b = _inputs()
+  layer = GateConv(N, G, pairing=pairing, impl=impl)
+  params = layer.init(jax.random.PRNGKey(1), a, b)["params"]
+  params = dict(params, bias=jax.random.normal(jax.random.PRNGKey(2), (G * N,)))
+  out = layer.apply({"params": params}, a, b)
+  assert out.shape == (2, 5, 7, G * N)
+  np.testing.assert_allclose(out, dense_reference(params, a, b, pairing), atol=1e-5)
+
+
+def test_light_conv_weight_count_is_11n_per_gate_plus_bias():
+  a, b = _inputs()
+  params = GateConv(N, G).init(jax.random.PRNGKey(1), a, b)["params"]
+  assert sum(p.size for p in jax.tree.leaves(params)) == G * (11 * N + N)
+  dense = GateConv(N, G, kind="dense3x3", use_bias=False).init(jax.random.PRNGKey(1), a, b)
+  assert sum(p.size for p in jax.tree.leaves(dense)) == G * 18 * N * N
+
+
+def test_concat_pairing_keeps_inputs_apart():
+  """Literal concat pairing: gate channels k < N/2 read only a, k >= N/2 only b."""
+  a, b = _inputs()
+  layer = GateConv(N, 1, pairing="concat")
+  params = layer.init(jax.random.PRNGKey(1), a, b)
+  out = layer.apply(params, a, b)
+  out_b_zero = layer.apply(params, a, jnp.zeros_like(b))
+  np.testing.assert_allclose(out[..., : N // 2], out_b_zero[..., : N // 2], atol=1e-6)
+  assert not np.allclose(out[..., N // 2:], out_b_zero[..., N // 2:])
+
+
+def _gates(cell_params, name, a, b):
+  return dense_reference(cell_params[name], a, b, "concat")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_cell_equations(cell):
+  """One step of each cell against the equations written out with the dense reference."""
+  x, h = _inputs(3)
+  c = jax.random.normal(jax.random.PRNGKey(9), x.shape)
+  state = (h, c) if cell == "lstm" else (h,)
+  module = ConvCell(N, cell)
+  params = module.init(jax.random.PRNGKey(4), x, state)["params"]
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(5), p.shape),
+                        params)
+  h_new, new_state = module.apply({"params": params}, x, state)
+  sig = jax.nn.sigmoid
+  if cell == "rnn":
+    want_h = jnp.tanh(_gates(params, "h", x, h))
+    want_state = (want_h,)
+  elif cell == "gru":
+    zr = sig(_gates(params, "zr", x, h))
+    z, r = zr[..., :N], zr[..., N:]
+    want_h = (1 - z) * h + z * jnp.tanh(_gates(params, "h", x, r * h))
+    want_state = (want_h,)
+  else:
+    gates = _gates(params, "ifog", x, h)
+    i, f, o, g = (gates[..., k * N:(k + 1) * N] for k in range(4))
+    want_c = sig(f) * c + sig(i) * jnp.tanh(g)
+    want_h = sig(o) * jnp.tanh(want_c)
+    want_state = (want_h, want_c)
+  np.testing.assert_allclose(h_new, want_h, atol=1e-5)
+  for got, want in zip(new_state, want_state, strict=True):
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_initial_state_is_zero_with_input_shape():
+  x = jnp.ones((2, 4, 4, N))
+  assert [s.shape for s in initial_state("lstm", x)] == [x.shape, x.shape]
+  assert len(initial_state("gru", x)) == 1
+  assert not np.any(initial_state("rnn", x)[0])
