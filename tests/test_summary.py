@@ -1,0 +1,59 @@
+"""MAC counting against the notes and against XLA's cost analysis; the summary command."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from regnet_jax import models, summary
+
+
+def _macs(name, **overrides):
+  return summary.count_macs(models.create_model(name, 10, **overrides), 32)
+
+
+def test_resnet20_macs_match_notes():
+  assert _macs("resnet20") == pytest.approx(40.81e6, abs=0.01e6)
+  assert _macs("resnet32") == pytest.approx(69.12e6, abs=0.01e6)
+
+
+@pytest.mark.parametrize("cell,increment", [("rnn", 5.66e6), ("gru", 7.56e6), ("lstm", 8.50e6)])
+def test_regulator_mac_increments_match_notes(cell, increment):
+  base = _macs("resnet20")
+  assert _macs(f"regnet20_{cell}") - base == pytest.approx(increment, rel=0.02)
+  # Sharing changes parameters, not arithmetic.
+  assert _macs(f"regnet20_{cell}", cell_sharing="block") == _macs(f"regnet20_{cell}")
+
+
+def test_counter_agrees_with_xla_where_conventions_coincide():
+  """Unpadded convolutions and matmuls: XLA's flops are exactly 2x our MACs."""
+  x = jnp.zeros((2, 9, 9, 6))
+  k = jnp.zeros((3, 3, 3, 8))  # grouped: 6 input channels in 2 groups
+  w = jnp.zeros((8, 5))
+
+  def f(x, k, w):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", feature_group_count=2,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y.reshape(2, -1)[:, :8] @ w  # no elementwise arithmetic
+
+  ours = summary._jaxpr_macs(jax.make_jaxpr(f)(x, k, w).jaxpr)
+  assert ours == 2 * 7 * 7 * 8 * (3 * 3 * 3) + 2 * 8 * 5
+  assert jax.jit(f).lower(x, k, w).compile().cost_analysis()["flops"] == 2 * ours
+
+
+def test_xla_count_is_close_to_the_conventional_count():
+  model = models.create_model("resnet20", 10)
+  xla, ours = summary.xla_macs(model, 32), summary.count_macs(model, 32)
+  assert 0.85 * ours < xla < ours  # XLA skips the taps that fall on zero padding
+
+
+def test_summary_command(capsys):
+  summary.main(["--models", "resnet20", "regnet20_gru", "--no_xla"])
+  out = capsys.readouterr().out
+  assert "| resnet20 " in out and "272,570" in out and "40.813M" in out
+  assert "310,202" in out and "+15M" in out
+
+
+def test_summary_rejects_unknown_model(capsys):
+  with pytest.raises(SystemExit):
+    summary.main(["--models", "resnet21"])
+  assert "unknown model 'resnet21'" in capsys.readouterr().err
