@@ -1,0 +1,48 @@
+"""Base config: the paper's CIFAR recipe (Sec. IV-A) for ResNet-20 on CIFAR-10.
+
+Every experiment config imports this and overrides only what differs.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Model: a name from `regnet_jax.models.list_models()`.
+  config.model = "resnet20"
+  # Model attributes passed to `create_model` (see regnet_jax/models.py `_Network`).
+  config.model_args = ml_collections.ConfigDict()
+  config.model_args.cell_conv = "light"  # 'light' (two-step) or 'dense3x3' gates (Table I).
+  config.model_args.cell_sharing = "stage"  # One cell per 'stage' (RNN) or per 'block'.
+  config.model_args.regulated_stages = ()  # 1-based stages with a regulator; () = all (Table V).
+  config.model_args.cell_impl = "elementwise"  # Light conv as 'elementwise' ops or 'conv'.
+  config.model_args.scan_unroll = True  # Unroll the scan over blocks (fast on CPU).
+
+  # Data.
+  config.dataset = "cifar10"  # cifar10, cifar100, imagenet2012 or imagenette.
+  config.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir; None: tfds's.
+  config.shuffle_buffer = 50_000  # Examples in the shuffle buffer (a whole CIFAR epoch).
+  config.prefetch_batches = 2  # Batches placed on the devices ahead of the train step.
+
+  # Optimisation: SGD with momentum, weight decay on kernels only (not BN or biases).
+  config.batch_size = 64  # Global batch, split evenly over all devices of all processes.
+  config.num_epochs = 150.0  # Training length in epochs (used when num_train_steps is -1).
+  config.num_train_steps = -1  # Training length in steps; -1: num_epochs * steps per epoch.
+  config.learning_rate = 0.1  # Peak learning rate.
+  config.lr_schedule = "step"  # 'step' (piecewise constant) or 'cosine' (with warm-up).
+  config.lr_boundaries = (80.0,)  # 'step': epochs at which the rate is multiplied by lr_decay.
+  config.lr_decay = 0.1  # 'step': the factor applied at each boundary.
+  config.warmup_epochs = 0.0  # Linear warm-up from 0 (both schedules).
+  config.momentum = 0.9  # SGD momentum.
+  config.nesterov = False  # Nesterov momentum (the paper does not say; off).
+  config.weight_decay = 1e-4  # L2 on conv/dense/cell kernels, added to the gradient.
+  config.label_smoothing = 0.0  # Label smoothing of the cross-entropy target.
+  config.half_precision = False  # bfloat16 compute (params, BN stats, loss stay float32).
+
+  # Loop.
+  config.log_every_steps = 100  # Train metrics to TensorBoard every this many steps.
+  config.eval_every_steps = -1  # Evaluate every this many steps; -1: once per epoch.
+  config.checkpoint_every_steps = -1  # Save every this many steps; -1: once per epoch.
+  config.keep_checkpoints = 3  # Newest checkpoints kept on disk.
+  config.seed = 0  # Seeds initialisation, data order and augmentation.
+  return config

@@ -1,0 +1,50 @@
+"""Trains or evaluates a RegNet / ResNet.
+
+    python main.py --config=configs/imagenet_regnet50.py --workdir=DIR
+    python main.py --config=configs/cifar.py:regnet20_gru,cifar100 --workdir=DIR
+    python main.py --workdir=DIR --mode=eval [--step=N]
+
+Config files are Python code and are executed: only use configs you trust.
+"""
+
+import logging
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training configuration file.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard events.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (resuming) or evaluate.")
+flags.DEFINE_integer("step", None, "Eval: checkpoint step to evaluate (default: newest).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def _quiet_orbax(record: logging.LogRecord) -> bool:
+  """Keeps orbax's per-save INFO lines off the console; warnings and errors still show."""
+  return "orbax" not in record.pathname or record.levelno >= logging.WARNING
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  absl_logging.get_absl_handler().addFilter(_quiet_orbax)
+  from regnet_jax import evaluate, input_pipeline, train
+
+  try:
+    if FLAGS.mode == "eval":
+      evaluate.evaluate_workdir(FLAGS.workdir, FLAGS.step)
+    elif FLAGS.config is None:
+      raise ValueError("--config is required for training (e.g. --config=configs/default.py)")
+    else:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (ValueError, FileNotFoundError, FloatingPointError,
+          input_pipeline.DatasetNotFoundError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,61 @@
+"""Evaluation of a trained workdir, and loading a model for inference.
+
+    model, variables, config = load_from_workdir(workdir)     # newest checkpoint
+    logits = model.apply(variables, images, train=False)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+
+from regnet_jax import checkpoint, input_pipeline, train
+
+
+def _restore_state(workdir: str, step: int | None, trainer: train.Trainer
+                   ) -> tuple[train.TrainState, ml_collections.ConfigDict, Any]:
+  config = checkpoint.read_config(workdir)
+  spec = input_pipeline.get_spec(config.dataset)
+  model = train.build_model(config, spec.num_classes)
+  schedule = train.learning_rate_schedule(config, 1, 1)
+  state = train.create_train_state(model, train.create_optimizer(config, schedule), config.seed,
+                                   spec.image_size)
+  ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first "
+                            f"(python main.py --config=... --workdir={workdir})")
+  return ckpt.restore(step, state, trainer.replicated), config, model
+
+
+def load_from_workdir(workdir: str, step: int | None = None
+                      ) -> tuple[Any, dict[str, Any], ml_collections.ConfigDict]:
+  """The model, its variables (``params`` and ``batch_stats``) and the run's config."""
+  state, config, model = _restore_state(workdir, step, train.Trainer(jax.devices()[:1]))
+  return model, {"params": state.params, "batch_stats": state.batch_stats}, config
+
+
+def evaluate_workdir(workdir: str, step: int | None = None,
+                     config_overrides: dict | None = None) -> dict[str, float]:
+  """Evaluates a checkpoint of ``workdir`` on the full eval split; prints and logs the result."""
+  from clu import metric_writers
+
+  trainer = train.Trainer()
+  state, config, _ = _restore_state(workdir, step, trainer)
+  for k, v in (config_overrides or {}).items():
+    config[k] = v
+  trainer.check_batch_size(config.batch_size)
+  builder = input_pipeline.get_builder(config.dataset, config.data_dir)
+  _, p_eval = trainer.compile_steps(config, train.learning_rate_schedule(config, 1, 1))
+  result = train.evaluate(trainer, p_eval, state, builder, input_pipeline.get_spec(
+      config.dataset), config.batch_size)
+  step = int(state.step)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer.write_scalars(step, result)
+  writer.flush()
+  print(f"step {step}: top-1 error {100 * result['eval_top1_error']:.2f}%, top-5 error "
+        f"{100 * result['eval_top5_error']:.2f}%, loss {result['eval_loss']:.4f} over "
+        f"{int(result['eval_examples'])} examples")
+  return result
