@@ -37,11 +37,12 @@ class CheckpointMismatchError(ValueError):
 
 
 def _first_mismatch(message: str) -> str:
-  """The first parameter path named in an orbax mismatch message, or its first line."""
-  for line in message.splitlines():
-    line = line.strip()
-    if line.endswith(":") and line.split(".")[0] in ("params", "batch_stats", "opt_state"):
-      return f"first difference at {line[:-1]}"
+  """The first path (preferring model parameters) named in an orbax mismatch message."""
+  paths = [line.strip()[:-1] for line in message.splitlines() if line.strip().endswith(":")]
+  for prefix in ("params", "batch_stats", "opt_state", "step"):
+    for path in paths:
+      if path.split(".")[0] == prefix:
+        return f"first difference at {path}"
   return message.splitlines()[0][:300] if message else "structure differs"
 
 

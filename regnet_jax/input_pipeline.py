@@ -134,7 +134,9 @@ def cifar_train(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
-  return tf.image.resize(image, [size, size], method="bicubic", antialias=True)
+  """Bicubic resize to ``[size, size, 3]``, clipped to the 0-255 pixel range."""
+  image = tf.image.resize(image, [size, size], method="bicubic", antialias=True)
+  return tf.clip_by_value(image, 0.0, 255.0)
 
 
 def decode_and_center_crop(image_bytes: tf.Tensor, size: int, crop_padding: int = 32) -> tf.Tensor:

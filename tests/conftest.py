@@ -5,3 +5,60 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Identical computations (the same tiny model trained in several tests, and in the `main.py`
+# subprocesses) compile once: XLA's persistent cache, shared by the pytest-xdist workers.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    __import__("tempfile").gettempdir(), "regnet_jax_test_xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import pathlib
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# The genuine offline datasets: ../shared/data beside the checkout (as in CI), or $REGNET_DATA.
+SHARED_DATA = pathlib.Path(os.environ.get("REGNET_DATA", REPO.parent / "shared" / "data"))
+
+
+def _slice_npz(src: pathlib.Path, dst: pathlib.Path, count: int) -> None:
+  """Writes ``count`` evenly spaced examples of an offline .npz (classes are grouped)."""
+  with np.load(src) as d:
+    jpeg, offsets, labels = d["jpeg"], d["offsets"], d["labels"]
+  idx = np.linspace(0, len(labels) - 1, count).astype(int)
+  parts = [jpeg[offsets[i]:offsets[i + 1]] for i in idx]
+  new_offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+  np.savez(dst, jpeg=np.concatenate(parts), offsets=new_offsets, labels=labels[idx])
+
+
+def _require(path: pathlib.Path) -> pathlib.Path:
+  if not path.exists():
+    pytest.skip(f"offline data not found at {path} (set REGNET_DATA)")
+  return path
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory) -> str:
+  """A tfds data_dir with real CIFAR-10 (512 train / 200 test) and Imagenette (40 train /
+  20 validation) slices, imported with `regnet_jax.import_data`."""
+  from regnet_jax import import_data
+
+  root = tmp_path_factory.mktemp("data")
+  data_dir = root / "tfds"
+  for dataset, files in (("cifar10", {"train": 512, "test": 200}),
+                         ("imagenette", {"train": 40, "val": 20})):
+    src = _require(SHARED_DATA / dataset)
+    dst = root / f"{dataset}_src"
+    dst.mkdir()
+    for split, count in files.items():
+      _slice_npz(src / f"{split}-jpeg.npz", dst / f"{split}-jpeg.npz", count)
+    import_data.import_dataset(dataset, str(dst), str(data_dir))
+  return str(data_dir)
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample() -> tuple[list[bytes], np.ndarray]:
+  """The 209 ImageNet photographs of varied sizes (4 greyscale) as JPEG bytes and labels."""
+  from regnet_jax.import_data import read_npz
+
+  return read_npz(str(_require(SHARED_DATA / "imagenette" / "imagenet-sample-jpeg.npz")))

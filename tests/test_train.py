@@ -1,0 +1,201 @@
+"""The training system end to end on a real CIFAR-10 slice: TensorBoard events, checkpoints,
+evaluation in a new process, 1 device == 8 devices, resumed == uninterrupted."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from configs import default
+from regnet_jax import checkpoint, evaluate, train
+from tests.conftest import REPO
+
+STEPS = 6
+
+
+def tiny_config(data_dir, **overrides):
+  config = default.get_config()
+  config.model = "regnet20_gru"
+  config.model_args.depth = 14  # two blocks per stage: the scan still runs
+  config.data_dir = data_dir
+  config.batch_size = 16
+  config.num_train_steps = STEPS
+  config.learning_rate = 0.05
+  config.shuffle_buffer = 512
+  config.log_every_steps = 1
+  config.eval_every_steps = STEPS
+  config.checkpoint_every_steps = 3
+  config.update(overrides)
+  return config
+
+
+def scalars(workdir):
+  """{tag: {step: value}} of the scalar summaries, read back with TensorBoard's own reader."""
+  acc = EventAccumulator(workdir, size_guidance={"tensors": 0})
+  acc.Reload()
+  out = {}
+  for tag in acc.Tags()["tensors"]:
+    values = {e.step: tf.make_ndarray(e.tensor_proto) for e in acc.Tensors(tag)}
+    if all(v.ndim == 0 and v.dtype.kind == "f" for v in values.values()):
+      out[tag] = {step: float(v) for step, v in values.items()}
+  return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(tfds_dir, tmp_path_factory):
+  """An uninterrupted run on all 8 (fake) devices."""
+  workdir = str(tmp_path_factory.mktemp("run8"))
+  state = train.train_and_evaluate(tiny_config(tfds_dir), workdir)
+  return workdir, jax.device_get(state.params)
+
+
+def test_events_checkpoints_and_eval_in_a_new_process(reference_run):
+  workdir, _ = reference_run
+  tags = scalars(workdir)
+  for tag in ("train_loss", "train_accuracy", "learning_rate", "train_images_per_sec",
+              "eval_top1_error", "eval_top5_error", "eval_loss", "steps_per_sec"):
+    assert tag in tags, tag
+  assert sorted(tags["train_loss"]) == list(range(1, STEPS + 1))
+  assert tags["eval_examples"][STEPS] == 200  # every test example, counted once
+  assert tags["learning_rate"][1] == pytest.approx(0.05)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+
+  env = dict(os.environ)
+  out = subprocess.run([sys.executable, "main.py", f"--workdir={workdir}", "--mode=eval"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  top1 = 100 * tags["eval_top1_error"][STEPS]
+  assert f"step {STEPS}: top-1 error {top1:.2f}%" in out.stdout
+  assert "over 200 examples" in out.stdout
+
+
+def test_one_step_on_one_device_equals_eight():
+  """One step of RegNet-20 from the same state and batch: same update on 1 and 8 devices."""
+  config = tiny_config(None)
+  schedule = train.learning_rate_schedule(config, 10, 10)
+  model = train.build_model(config, 10)
+  state = jax.device_get(train.create_train_state(
+      model, train.create_optimizer(config, schedule), 0, 32))
+  rng = np.random.RandomState(0)
+  batch = {"image": rng.randn(16, 32, 32, 3).astype(np.float32),
+           "label": rng.randint(0, 10, 16).astype(np.int32)}
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    trainer = train.Trainer(devices)
+    p_train, _ = trainer.compile_steps(config, schedule)
+    new, metrics = p_train(trainer.replicate(state), trainer.shard(batch))
+    results.append(jax.device_get((new.params, new.batch_stats, metrics["loss"])))
+  (p1, s1, l1), (p8, s8, l8) = results
+  assert l1 == pytest.approx(l8, rel=1e-6)
+  # Biases right before a BatchNorm get a zero gradient up to rounding: compare absolutely.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p8)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s1, s8)
+
+
+def test_training_on_one_device_equals_eight(reference_run, tfds_dir, tmp_path):
+  """The whole loop on 1 and on 8 devices: same global batches, losses and BN statistics.
+
+  Early training is chaotic: on one device, scaling every parameter by (1 + 1e-7) moves the
+  third step's loss by ~1e-4 (measured). The two device counts round differently (~1e-6 per
+  step, see the test above), so trajectories are compared at learning rate 0, which keeps
+  the data order, sharding, forward pass and BatchNorm updates of every step under test; and
+  the first two steps at the real learning rate."""
+  workdir8, _ = reference_run
+  losses = {}
+  for n in (1, 8):
+    workdir = str(tmp_path / str(n))
+    config = tiny_config(tfds_dir, learning_rate=1e-30, eval_every_steps=100,
+                         checkpoint_every_steps=100)
+    state = train.train_and_evaluate(config, workdir, jax.devices()[:n])
+    losses[n] = scalars(workdir)["train_loss"]
+    stats = jax.device_get(state.batch_stats) if n == 1 else stats
+  np.testing.assert_allclose([losses[1][s] for s in range(1, STEPS + 1)],
+                             [losses[8][s] for s in range(1, STEPS + 1)], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               stats, jax.device_get(state.batch_stats))
+  one = str(tmp_path / "real_lr")
+  train.train_and_evaluate(tiny_config(tfds_dir, num_train_steps=2), one, jax.devices()[:1])
+  first, ref = scalars(one)["train_loss"], scalars(workdir8)["train_loss"]
+  np.testing.assert_allclose([first[1], first[2]], [ref[1], ref[2]], rtol=1e-4)
+
+
+def test_resumed_equals_uninterrupted(reference_run, tfds_dir, tmp_path):
+  workdir, params8 = reference_run
+  train.train_and_evaluate(tiny_config(tfds_dir, num_train_steps=3), str(tmp_path))
+  state = train.train_and_evaluate(tiny_config(tfds_dir), str(tmp_path))  # resumes at 3
+  assert int(state.step) == STEPS
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params8)
+  resumed, full = scalars(str(tmp_path))["train_loss"], scalars(workdir)["train_loss"]
+  assert [resumed[s] for s in range(4, STEPS + 1)] == [full[s] for s in range(4, STEPS + 1)]
+
+
+def test_load_from_workdir_for_inference(reference_run):
+  workdir, params8 = reference_run
+  model, variables, config = evaluate.load_from_workdir(workdir)
+  assert config.model == "regnet20_gru"
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables["params"]), params8)
+  logits = model.apply(variables, np.zeros((2, 32, 32, 3), np.float32), train=False)
+  assert logits.shape == (2, 10)
+
+
+def test_weight_decay_mask_skips_norms_and_biases():
+  model = train.build_model(tiny_config(None), 10)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)),
+                                             train=False))["params"]
+  mask = {jax.tree_util.keystr(k): v for k, v in
+          jax.tree_util.tree_leaves_with_path(train.weight_decay_mask(params))}
+  assert mask["['stage2']['blocks']['conv1']['kernel']"]  # scanned, stacked kernel
+  assert mask["['stage2']['cell']['zr']['pointwise']"]
+  assert not mask["['stage2']['cell']['zr']['bias']"]
+  assert not mask["['stage2']['blocks']['bn1']['scale']"]
+  assert not mask["['stage2']['blocks']['regulator']['bn_h']['bias']"]
+  assert not mask["['fc']['bias']"] and mask["['fc']['kernel']"]
+  assert not mask["['stage2']['block0']['proj_conv']['bias']"]
+
+
+def test_learning_rate_schedules():
+  config = tiny_config(None, learning_rate=0.1, lr_boundaries=(2.0, 3.0))
+  step = train.learning_rate_schedule(config, steps_per_epoch=10, num_steps=50)
+  assert [float(step(s)) for s in (0, 19, 20, 29, 30)] == pytest.approx(
+      [0.1, 0.1, 0.01, 0.01, 0.001])
+  config.update(dict(lr_schedule="cosine", warmup_epochs=1.0))
+  cos = train.learning_rate_schedule(config, steps_per_epoch=10, num_steps=50)
+  assert [float(cos(s)) for s in (0, 5, 10, 30, 50)] == pytest.approx(
+      [0.0, 0.05, 0.1, 0.05, 0.0], abs=1e-6)
+
+
+def test_label_smoothing_loss():
+  logits = np.log(np.array([[0.7, 0.2, 0.1]], np.float32))
+  plain = float(train.cross_entropy(logits, np.array([0]), 3)[0])
+  smooth = float(train.cross_entropy(logits, np.array([0]), 3, smoothing=0.3)[0])
+  assert plain == pytest.approx(-np.log(0.7), rel=1e-5)
+  want = -(0.8 * np.log(0.7) + 0.1 * np.log(0.2) + 0.1 * np.log(0.1))
+  assert smooth == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"batch_size": 12}, "batch_size=12 must be a positive multiple of the device count \\(8\\)"),
+    ({"model": "resnet21"}, "unknown model 'resnet21'"),
+    ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
+    ({"learning_rate": 0.0}, "learning_rate must be positive"),
+    ({"batch_size": -8}, "batch_size must be positive"),
+    ({"num_epochs": 0.0, "num_train_steps": -1}, "num_epochs must be positive"),
+])
+def test_bad_config_fails_fast_and_writes_nothing(tfds_dir, tmp_path, overrides, match):
+  workdir = tmp_path / "w"
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(tiny_config(tfds_dir, **overrides), str(workdir))
+  assert not workdir.exists()
+
+
+def test_mismatched_checkpoint_is_named_and_kept(reference_run, tfds_dir):
+  workdir, _ = reference_run
+  before = open(os.path.join(workdir, "config.json")).read()
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="first difference at params"):
+    train.train_and_evaluate(tiny_config(tfds_dir, model="regnet20_lstm"), workdir)
+  assert open(os.path.join(workdir, "config.json")).read() == before
