@@ -59,8 +59,9 @@ class Stage(nn.Module):
     num_blocks: n, the number of blocks and of regulator time steps.
     strides: stride of the first block.
     cell_sharing: ``'stage'`` (one cell for all steps) or ``'block'`` (a cell per block).
-    scan_unroll: how many scan steps XLA unrolls (True: all). Rolled loops of convolutions are
-      much slower on XLA:CPU; parameters and results do not depend on this.
+    scan_unroll: scan steps per loop iteration; -1 unrolls all of them. Rolled loops of
+      convolutions are much slower on XLA:CPU (but compile faster); parameters and results do
+      not depend on this.
   """
 
   block_cls: type[nn.Module]
@@ -68,7 +69,7 @@ class Stage(nn.Module):
   num_blocks: int
   strides: int = 1
   cell_sharing: str = "stage"
-  scan_unroll: int | bool = True
+  scan_unroll: int = -1
 
   def _cell_params(self) -> Any:
     """Creates the stage's cell parameters: one set, or ``num_blocks`` stacked ones."""
@@ -98,7 +99,7 @@ class Stage(nn.Module):
           split_rngs={"params": True},
           in_axes=0 if per_block else nn.broadcast,
           length=rest,
-          unroll=rest if self.scan_unroll is True else max(int(self.scan_unroll), 1),
+          unroll=rest if self.scan_unroll < 1 else self.scan_unroll,
       )(strides=1, name="blocks", **self.block_args)
       carry, _ = blocks(carry, step(slice(1, None)))
     return carry[0]
@@ -141,7 +142,7 @@ class _Network(nn.Module):
   se_bias: bool = False
   shortcut: str = "B"
   projection_bias: bool = True
-  scan_unroll: int | bool = True
+  scan_unroll: int = -1
   bn_momentum: float = 0.9
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32

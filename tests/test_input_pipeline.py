@@ -94,8 +94,8 @@ def test_eval_covers_every_example_once(tfds_dir, batch):
 
 
 def test_missing_dataset_says_how_to_import(tmp_path):
-  with pytest.raises(ip.DatasetNotFoundError, match="python -m regnet_jax.import_data "
-                     "--dataset=cifar10 --source="):
+  with pytest.raises(ip.DatasetNotFoundError, match=r"python -m regnet_jax\.import_data "
+                     r"--dataset=cifar10 --source="):
     ip.get_builder("cifar10", str(tmp_path))
   with pytest.raises(ip.DatasetNotFoundError, match="downloads/manual"):
     ip.get_builder("imagenet2012", str(tmp_path))
@@ -146,7 +146,7 @@ def test_inception_crop_is_seeded_and_varies(imagenet_sample):
           for i in range(6)]
   again = ip.decode_and_random_crop(raw, 224, tf.constant([0, 0], tf.int64)).numpy()
   np.testing.assert_array_equal(outs[0], again)
-  assert all(o.shape == (224, 224, 3) and 0 <= o.min() and o.max() <= 255 for o in outs)
+  assert all(o.shape == (224, 224, 3) and o.min() >= 0 and o.max() <= 255 for o in outs)
   assert len({o.tobytes() for o in outs}) == 6
 
 
@@ -162,8 +162,8 @@ def test_inception_crop_box_statistics():
     h, w = int(size[0]), int(size[1])
     areas.append(h * w / 120_000)
     ratios.append(w / h)
-  assert 0.07 <= min(areas) and max(areas) <= 1.0 and np.median(areas) < 0.8
-  assert 0.7 <= min(ratios) and max(ratios) <= 1.4
+  assert min(areas) >= 0.07 and max(areas) <= 1.0 and np.median(areas) < 0.8
+  assert min(ratios) >= 0.7 and max(ratios) <= 1.4
 
 
 def test_imagenette_batches(tfds_dir):

@@ -2,6 +2,7 @@
 evaluation in a new process, 1 device == 8 devices, resumed == uninterrupted."""
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -106,18 +107,18 @@ def test_training_on_one_device_equals_eight(reference_run, tfds_dir, tmp_path):
   the data order, sharding, forward pass and BatchNorm updates of every step under test; and
   the first two steps at the real learning rate."""
   workdir8, _ = reference_run
-  losses = {}
+  losses, stats = {}, {}
   for n in (1, 8):
     workdir = str(tmp_path / str(n))
     config = tiny_config(tfds_dir, learning_rate=1e-30, eval_every_steps=100,
                          checkpoint_every_steps=100)
     state = train.train_and_evaluate(config, workdir, jax.devices()[:n])
     losses[n] = scalars(workdir)["train_loss"]
-    stats = jax.device_get(state.batch_stats) if n == 1 else stats
+    stats[n] = jax.device_get(state.batch_stats)
   np.testing.assert_allclose([losses[1][s] for s in range(1, STEPS + 1)],
                              [losses[8][s] for s in range(1, STEPS + 1)], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               stats, jax.device_get(state.batch_stats))
+               stats[1], stats[8])
   one = str(tmp_path / "real_lr")
   train.train_and_evaluate(tiny_config(tfds_dir, num_train_steps=2), one, jax.devices()[:1])
   first, ref = scalars(one)["train_loss"], scalars(workdir8)["train_loss"]
@@ -195,7 +196,39 @@ def test_bad_config_fails_fast_and_writes_nothing(tfds_dir, tmp_path, overrides,
 
 def test_mismatched_checkpoint_is_named_and_kept(reference_run, tfds_dir):
   workdir, _ = reference_run
-  before = open(os.path.join(workdir, "config.json")).read()
+  config_json = pathlib.Path(workdir, "config.json")
+  before = config_json.read_text()
   with pytest.raises(checkpoint.CheckpointMismatchError, match="first difference at params"):
     train.train_and_evaluate(tiny_config(tfds_dir, model="regnet20_lstm"), workdir)
-  assert open(os.path.join(workdir, "config.json")).read() == before
+  assert config_json.read_text() == before
+
+
+def test_regnet50_imagenet_config_on_real_photos(tfds_dir, tmp_path):
+  """The ImageNet RegNet-50 config, small batch, two steps on Imagenette via the CLI: the
+  bottleneck path, JPEG decoding and Inception crops on real photographs, end to end."""
+  workdir = tmp_path / "r50"
+  cmd = [sys.executable, "main.py", "--config=configs/imagenet_regnet50.py",
+         f"--workdir={workdir}", "--config.dataset=imagenette", f"--config.data_dir={tfds_dir}",
+         "--config.batch_size=8", "--config.num_train_steps=2", "--config.log_every_steps=1",
+         "--config.shuffle_buffer=40", "--config.model_args.scan_unroll=1"]
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  tags = scalars(str(workdir))
+  assert sorted(tags["train_loss"]) == [1, 2]
+  assert all(np.isfinite(v) for v in tags["train_loss"].values())
+  assert tags["eval_examples"][2] == 20
+  assert (workdir / "checkpoints" / "2").is_dir()
+
+
+def test_cli_reports_bad_input_in_one_line(tfds_dir, tmp_path):
+  workdir = tmp_path / "w"
+  out = subprocess.run([sys.executable, "main.py", "--config=configs/cifar.py:resnet21",
+                        f"--workdir={workdir}", f"--config.data_dir={tfds_dir}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1].startswith("error: unknown model 'resnet21'")
+  assert "Traceback" not in out.stderr and not workdir.exists()
+  out = subprocess.run([sys.executable, "main.py", f"--workdir={workdir}", "--mode=eval"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1 and "Traceback" not in out.stderr
+  assert "not a training workdir" in out.stderr.strip().splitlines()[-1]
