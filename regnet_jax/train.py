@@ -206,8 +206,7 @@ def evaluate(trainer: Trainer, p_eval: Callable, state: TrainState, builder: Any
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError with one clear line for a config that cannot run."""
-  input_pipeline.get_spec(config.dataset)
-  models.get_spec(config.model)
+  build_model(config, input_pipeline.get_spec(config.dataset).num_classes)  # bad model args
   for field in ("batch_size", "learning_rate"):
     if not config[field] > 0:
       raise ValueError(f"{field} must be positive, got {config[field]!r}")

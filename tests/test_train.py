@@ -183,6 +183,8 @@ def test_label_smoothing_loss():
     ({"batch_size": 12}, "batch_size=12 must be a positive multiple of the device count \\(8\\)"),
     ({"model": "resnet21"}, "unknown model 'resnet21'"),
     ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
+    ({"model_args": {"regulated_stages": (4,)}},
+     "regulated_stages entry=4 is not valid"),
     ({"learning_rate": 0.0}, "learning_rate must be positive"),
     ({"batch_size": -8}, "batch_size must be positive"),
     ({"num_epochs": 0.0, "num_train_steps": -1}, "num_epochs must be positive"),
