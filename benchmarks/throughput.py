@@ -1,0 +1,163 @@
+"""Train/eval throughput, compile time and peak memory of registered models; prints a table.
+
+    python benchmarks/throughput.py --models resnet20 regnet20_gru --batch_size 128
+    python benchmarks/throughput.py --models regnet20_gru --variants cell_impl=conv scan_unroll=1
+    python benchmarks/throughput.py --pipeline cifar10 --data_dir DIR   # input pipeline alone
+
+Images/s are the median over timed steps after warm-up (each step waited on with
+``block_until_ready``), on synthetic batches already on the devices, so the numbers are the
+model's and not the input pipeline's. ``--variants`` benchmarks each model once per listed
+attribute override (plus the default), alternating them in one run, so they can be compared
+as ratios on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from regnet_jax import models, train
+
+
+def _parse_value(text: str):
+  for cast in (int, float):
+    try:
+      return cast(text)
+    except ValueError:
+      pass
+  return text
+
+
+def _peak_memory_mb() -> float:
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"] / 2**20
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # host RSS (KiB on Linux)
+
+
+def _time_steps(fn, steps: int, warmup: int) -> list[float]:
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def benchmark_model(name: str, overrides: dict, batch_size: int, dtype: str, num_devices: int,
+                    steps: int, warmup: int) -> dict:
+  """Train and eval images/s, compile seconds and peak memory of one model variant."""
+  spec = models.get_spec(name)
+  size = spec.image_size
+  model = models.create_model(name, 10 if size == 32 else 1000,
+                              dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32,
+                              **overrides)
+  config = ml_collections.ConfigDict(dict(label_smoothing=0.0, weight_decay=1e-4, momentum=0.9,
+                                          nesterov=False))
+  schedule = optax.constant_schedule(0.1)
+  trainer = train.Trainer(jax.devices()[:num_devices])
+  trainer.check_batch_size(batch_size)
+  state = trainer.replicate(train.create_train_state(
+      model, train.create_optimizer(config, schedule), 0, size))
+  rng = np.random.RandomState(0)
+  batch = trainer.shard({
+      "image": rng.randn(batch_size, size, size, 3).astype(np.float32),
+      "label": rng.randint(0, model.num_classes, batch_size).astype(np.int32),
+      "mask": np.ones(batch_size, np.float32)})
+  p_train, p_eval = trainer.compile_steps(config, schedule)
+
+  start = time.perf_counter()
+  compiled = p_train.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  holder = [state]
+
+  def step():
+    holder[0], metrics = compiled(holder[0], batch)
+    return metrics
+
+  train_times = _time_steps(step, steps, warmup)
+  eval_times = _time_steps(lambda: p_eval(holder[0], batch), steps, warmup)
+  return {
+      "model": name, "variant": ",".join(f"{k}={v}" for k, v in overrides.items()) or "default",
+      "batch": batch_size, "dtype": dtype, "devices": num_devices,
+      "train_img_s": batch_size / statistics.median(train_times),
+      "eval_img_s": batch_size / statistics.median(eval_times),
+      "compile_s": compile_s, "peak_mem_mb": _peak_memory_mb(),
+  }
+
+
+def benchmark_pipeline(dataset: str, data_dir: str | None, batch_size: int,
+                       batches: int = 50) -> dict:
+  """Images/s of the training input pipeline alone, from tfds to device-ready batches."""
+  from regnet_jax import input_pipeline
+
+  spec = input_pipeline.get_spec(dataset)
+  builder = input_pipeline.get_builder(dataset, data_dir)
+  trainer = train.Trainer()
+  it = trainer.prefetch(input_pipeline.train_batches(builder, spec, batch_size, seed=0), 2)
+  jax.block_until_ready(next(it))  # start-up: file open, shuffle buffer fill
+  start = time.perf_counter()
+  for _ in range(batches):
+    jax.block_until_ready(next(it))
+  seconds = time.perf_counter() - start
+  return {"pipeline": dataset, "batch": batch_size, "img_s": batches * batch_size / seconds}
+
+
+def print_table(rows: list[dict]) -> None:
+  if not rows:
+    return
+  keys = list(rows[0])
+  fmt = lambda v: f"{v:,.1f}" if isinstance(v, float) else str(v)
+  widths = [max(len(k), *(len(fmt(r[k])) for r in rows)) for k in keys]
+  print("| " + " | ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)) + " |")
+  print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+  for r in rows:
+    print("| " + " | ".join(fmt(r[k]).ljust(w) for k, w in zip(keys, widths, strict=True)) + " |")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--models", nargs="*", default=["resnet20", "regnet20_gru"])
+  parser.add_argument("--variants", nargs="*", default=[],
+                      help="attribute overrides to compare with the default, e.g. cell_impl=conv")
+  parser.add_argument("--batch_size", type=int, default=128)
+  parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+  parser.add_argument("--devices", type=int, default=1)
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--rounds", type=int, default=1, help="alternate all variants this often")
+  parser.add_argument("--pipeline", default=None, help="benchmark this dataset's pipeline")
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--json", default=None, help="also write the rows to this file")
+  args = parser.parse_args()
+
+  rows = []
+  if args.pipeline:
+    rows.append(benchmark_pipeline(args.pipeline, args.data_dir, args.batch_size, 50))
+  else:
+    variants = [{}] + [{k: _parse_value(v)} for k, v in (s.split("=", 1) for s in args.variants)]
+    for _ in range(args.rounds):
+      for name in args.models:
+        for overrides in variants:
+          rows.append(benchmark_model(name, overrides, args.batch_size, args.dtype,
+                                      args.devices, args.steps, args.warmup))
+  print(f"# {jax.devices()[0].device_kind} x{len(jax.devices())}, jax {jax.__version__}")
+  print_table(rows)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

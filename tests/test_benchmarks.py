@@ -1,0 +1,21 @@
+"""The benchmark harness runs and reports sane fields (numbers are never asserted)."""
+
+from benchmarks import throughput
+
+
+def test_model_benchmark_fields():
+  row = throughput.benchmark_model("regnet20_gru", {"depth": 8}, batch_size=8,
+                                   dtype="float32", num_devices=2, steps=1, warmup=1)
+  assert row["variant"] == "depth=8" and row["devices"] == 2
+  assert row["train_img_s"] > 0 and row["eval_img_s"] > 0 and row["compile_s"] > 0
+
+
+def test_pipeline_benchmark(tfds_dir):
+  row = throughput.benchmark_pipeline("cifar10", tfds_dir, batch_size=64, batches=3)
+  assert row["img_s"] > 0
+
+
+def test_value_parsing():
+  assert throughput._parse_value("1") == 1
+  assert throughput._parse_value("0.5") == 0.5
+  assert throughput._parse_value("conv") == "conv"
