@@ -234,3 +234,21 @@ def test_cli_reports_bad_input_in_one_line(tfds_dir, tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=120)
   assert out.returncode == 1 and "Traceback" not in out.stderr
   assert "not a training workdir" in out.stderr.strip().splitlines()[-1]
+
+
+def test_half_precision_step_keeps_float32_state():
+  config = tiny_config(None, half_precision=True)
+  schedule = train.learning_rate_schedule(config, 10, 10)
+  model = train.build_model(config, 10)
+  assert model.dtype == jax.numpy.bfloat16
+  trainer = train.Trainer(jax.devices()[:2])
+  state = trainer.replicate(train.create_train_state(
+      model, train.create_optimizer(config, schedule), 0, 32))
+  rng = np.random.RandomState(0)
+  batch = trainer.shard({"image": rng.randn(4, 32, 32, 3).astype(np.float32),
+                         "label": rng.randint(0, 10, 4).astype(np.int32)})
+  p_train, _ = trainer.compile_steps(config, schedule)
+  state, metrics = p_train(state, batch)
+  assert np.isfinite(float(metrics["loss"]))
+  dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))}
+  assert dtypes <= {np.dtype("float32"), np.dtype("int32")}
