@@ -172,12 +172,16 @@ class _Network(nn.Module):
       raise ValueError(f"se_ratio must be a positive integer or None, got {self.se_ratio!r}")
     super().__post_init__()
 
+  def norm(self, train: bool) -> ModuleDef:
+    """BatchNorm constructor in train (batch statistics) or eval (running averages) mode."""
+    return functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
+                             axis_name=self.bn_axis_name)
+
   def stages(self, x: Array, train: bool, **block_args: Any) -> Array:
     """Runs every stage on ``x: [B, H, W, C]``; returns the last stage's output."""
     dtype = self.dtype
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=1e-5, dtype=dtype,
-                             axis_name=self.bn_axis_name)
+    norm = self.norm(train)
     regulated = set(self.regulated_stages or range(1, len(self.stage_sizes) + 1))
     for i, (n, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
       cell = None
@@ -224,10 +228,8 @@ class CifarResNet(_Network):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     """``x: [B, H, W, 3]`` float -> logits ``[B, num_classes]``."""
-    x = jnp.asarray(x, self.dtype)
-    norm = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
-                        dtype=self.dtype, axis_name=self.bn_axis_name, name="stem_bn")
-    x = nn.relu(norm(conv(16, (3, 3), dtype=self.dtype, name="stem_conv")(x)))
+    x = conv(16, (3, 3), dtype=self.dtype, name="stem_conv")(jnp.asarray(x, self.dtype))
+    x = nn.relu(self.norm(train)(name="stem_bn")(x))
     return self.head(self.stages(x, train))
 
 
@@ -262,10 +264,8 @@ class ImageNetResNet(_Network):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     """``x: [B, H, W, 3]`` float -> logits ``[B, num_classes]``."""
-    x = jnp.asarray(x, self.dtype)
-    norm = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
-                        dtype=self.dtype, axis_name=self.bn_axis_name, name="stem_bn")
-    x = nn.relu(norm(conv(64, (7, 7), (2, 2), dtype=self.dtype, name="stem_conv")(x)))
+    x = conv(64, (7, 7), (2, 2), dtype=self.dtype, name="stem_conv")(jnp.asarray(x, self.dtype))
+    x = nn.relu(self.norm(train)(name="stem_bn")(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     x = self.stages(x, train, stride_on=self.stride_on,
                     zero_init_residual=self.zero_init_residual)
