@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import struct
 from flax.training import train_state
@@ -118,7 +121,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], label_smoothing: 
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+  metrics = {"train_loss": loss,
+             "train_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
              "learning_rate": schedule(state.step - 1)}
   return state, metrics
 
@@ -252,31 +256,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   pending = []
   timer = time.perf_counter()
-  for step in range(start + 1, run.num_steps + 1):
-    state, metrics = p_train(state, next(batches))
-    pending.append(metrics)
-    report(step)
-    last = step == run.num_steps
-    if step % log_every == 0 or last:
-      summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-      if not np.isfinite(summary["loss"]):
-        raise FloatingPointError(
-            f"non-finite training loss ({summary['loss']}) in steps {step - len(pending) + 1}-"
-            f"{step}; the last good checkpoint in {workdir} is kept (lower the learning rate?)")
-      elapsed, timer = time.perf_counter() - timer, time.perf_counter()
-      summary["train_images_per_sec"] = len(pending) * config.batch_size / elapsed
-      writer.write_scalars(step, {f"train_{k}" if k != "learning_rate" and not k.startswith(
-          "train_") else k: v for k, v in summary.items()})
-      pending = []
-    if step % eval_every == 0 or last:
-      writer.write_scalars(step, evaluate(trainer, p_eval, state, builder, run.spec,
-                                          config.batch_size))
-      timer = time.perf_counter()
-    if step % ckpt_every == 0 or last:
-      ckpt.save(step, state)
+  with StopOnSignal() as stop:
+    for step in range(start + 1, run.num_steps + 1):
+      state, metrics = p_train(state, next(batches))
+      pending.append(metrics)
+      report(step)
+      last = step == run.num_steps or stop.signal is not None
+      if step % log_every == 0 or last:
+        summary = _mean_finite(pending, step, workdir)
+        elapsed, timer = time.perf_counter() - timer, time.perf_counter()
+        summary["train_images_per_sec"] = len(pending) * config.batch_size / elapsed
+        writer.write_scalars(step, summary)
+        pending = []
+      if step % eval_every == 0 or step == run.num_steps:
+        writer.write_scalars(step, evaluate(trainer, p_eval, state, builder, run.spec,
+                                            config.batch_size))
+        timer = time.perf_counter()
+      if step % ckpt_every == 0 or last:
+        if pending:  # never save parameters that produced a non-finite loss
+          _mean_finite(pending, step, workdir)
+        if not _all_finite(state.params):
+          raise FloatingPointError(f"non-finite parameters after step {step}; the last good "
+                                   f"checkpoint in {workdir} is kept (lower the learning rate?)")
+        ckpt.save(step, state)
+      if stop.signal is not None:
+        logging.warning("Stopped by %s at step %d; checkpoint saved in %s. Run the same "
+                        "command to resume.", stop.signal, step, workdir)
+        break
   ckpt.wait()
   writer.flush()
   return state
+
+
+class StopOnSignal:
+  """Turns SIGTERM and SIGINT (preemption, Ctrl-C) into a request to stop after the current
+  step: the loop then saves a checkpoint and returns. Only in the main thread."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __enter__(self) -> StopOnSignal:
+    self.signal: str | None = None
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc_info: Any) -> None:
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _mean_finite(pending: list[dict], step: int, workdir: str) -> dict[str, float]:
+  """Mean of the pending steps' metrics; FloatingPointError naming the steps if the loss
+  is not finite (the newest checkpoint in ``workdir``, saved before them, is kept)."""
+  summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+  if not np.isfinite(summary["train_loss"]):
+    raise FloatingPointError(
+        f"non-finite training loss ({summary['train_loss']}) in steps {step - len(pending) + 1}"
+        f"-{step}; the last good checkpoint in {workdir} is kept (lower the learning rate?)")
+  return summary
 
 
 def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:

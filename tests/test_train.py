@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from configs import default
+from configs import cifar, default
 from regnet_jax import checkpoint, evaluate, train
 from tests.conftest import REPO
 
@@ -90,7 +90,7 @@ def test_one_step_on_one_device_equals_eight():
     trainer = train.Trainer(devices)
     p_train, _ = trainer.compile_steps(config, schedule)
     new, metrics = p_train(trainer.replicate(state), trainer.shard(batch))
-    results.append(jax.device_get((new.params, new.batch_stats, metrics["loss"])))
+    results.append(jax.device_get((new.params, new.batch_stats, metrics["train_loss"])))
   (p1, s1, l1), (p8, s8, l8) = results
   assert l1 == pytest.approx(l8, rel=1e-6)
   # Biases right before a BatchNorm get a zero gradient up to rounding: compare absolutely.
@@ -249,6 +249,47 @@ def test_half_precision_step_keeps_float32_state():
                          "label": rng.randint(0, 10, 4).astype(np.int32)})
   p_train, _ = trainer.compile_steps(config, schedule)
   state, metrics = p_train(state, batch)
-  assert np.isfinite(float(metrics["loss"]))
+  assert np.isfinite(float(metrics["train_loss"]))
   dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))}
   assert dtypes <= {np.dtype("float32"), np.dtype("int32")}
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tfds_dir, tmp_path):
+  config = tiny_config(tfds_dir, learning_rate=1e6, checkpoint_every_steps=1,
+                       eval_every_steps=100)
+  with pytest.raises(FloatingPointError, match=r"non-finite .* (step|steps) \d"):
+    train.train_and_evaluate(config, str(tmp_path))
+  kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+  assert kept and kept[-1] < STEPS
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  model = train.build_model(config, 10)
+  state = train.create_train_state(model, train.create_optimizer(
+      config, train.learning_rate_schedule(config, 10, 10)), 0, 32)
+  restored = ckpt.restore(kept[-1], state, train.Trainer(jax.devices()[:1]).replicated)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.params))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tfds_dir, tmp_path):
+  import signal
+
+  workdir = tmp_path / "pre"
+  cmd = [sys.executable, "main.py", "--config=configs/cifar.py:resnet20", f"--workdir={workdir}",
+         f"--config.data_dir={tfds_dir}", "--config.batch_size=16", "--config.log_every_steps=1",
+         "--config.num_train_steps=100000", "--config.shuffle_buffer=512"]
+  proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in proc.stderr:  # absl logs to stderr
+    lines.append(line)
+    if "[3] " in line and "train_loss" in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  out = "".join(lines) + proc.stderr.read()
+  assert proc.wait(timeout=120) == 0, out[-3000:]
+  assert "Stopped by SIGTERM at step" in out
+  saved = sorted(int(s) for s in os.listdir(workdir / "checkpoints"))
+  assert len(saved) == 1 and saved[0] >= 3
+  config = cifar.get_config("resnet20")  # the command's config, one step further
+  config.update(dict(data_dir=tfds_dir, batch_size=16, shuffle_buffer=512,
+                     num_train_steps=saved[0] + 1, eval_every_steps=10**6))
+  resumed = train.train_and_evaluate(config, str(workdir))
+  assert int(resumed.step) == saved[0] + 1
