@@ -256,34 +256,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   pending = []
   timer = time.perf_counter()
-  with StopOnSignal() as stop:
-    for step in range(start + 1, run.num_steps + 1):
-      state, metrics = p_train(state, next(batches))
-      pending.append(metrics)
-      report(step)
-      last = step == run.num_steps or stop.signal is not None
-      if step % log_every == 0 or last:
-        summary = _mean_finite(pending, step, workdir)
-        elapsed, timer = time.perf_counter() - timer, time.perf_counter()
-        summary["train_images_per_sec"] = len(pending) * config.batch_size / elapsed
-        writer.write_scalars(step, summary)
-        pending = []
-      if step % eval_every == 0 or step == run.num_steps:
-        writer.write_scalars(step, evaluate(trainer, p_eval, state, builder, run.spec,
-                                            config.batch_size))
-        timer = time.perf_counter()
-      if step % ckpt_every == 0 or last:
-        if pending:  # never save parameters that produced a non-finite loss
-          _mean_finite(pending, step, workdir)
-        if not _all_finite(state.params):
-          raise FloatingPointError(f"non-finite parameters after step {step}; the last good "
-                                   f"checkpoint in {workdir} is kept (lower the learning rate?)")
-        ckpt.save(step, state)
-      if stop.signal is not None:
-        logging.warning("Stopped by %s at step %d; checkpoint saved in %s. Run the same "
-                        "command to resume.", stop.signal, step, workdir)
-        break
-  ckpt.wait()
+  try:
+    with StopOnSignal() as stop:
+      for step in range(start + 1, run.num_steps + 1):
+        state, metrics = p_train(state, next(batches))
+        pending.append(metrics)
+        report(step)
+        last = step == run.num_steps or stop.signal is not None
+        if step % log_every == 0 or last:
+          summary = _mean_finite(pending, step, workdir)
+          elapsed, timer = time.perf_counter() - timer, time.perf_counter()
+          summary["train_images_per_sec"] = len(pending) * config.batch_size / elapsed
+          writer.write_scalars(step, summary)
+          pending = []
+        if step % eval_every == 0 or step == run.num_steps:
+          writer.write_scalars(step, evaluate(trainer, p_eval, state, builder, run.spec,
+                                              config.batch_size))
+          timer = time.perf_counter()
+        if step % ckpt_every == 0 or last:
+          if pending:  # never save parameters that produced a non-finite loss
+            _mean_finite(pending, step, workdir)
+          if not _all_finite(state.params):
+            raise FloatingPointError(f"non-finite parameters after step {step}; the last good "
+                                     f"checkpoint in {workdir} is kept (lower the learning rate?)")
+          ckpt.save(step, state)
+        if stop.signal is not None:
+          logging.warning("Stopped by %s at step %d; checkpoint saved in %s. Run the same "
+                          "command to resume.", stop.signal, step, workdir)
+          break
+  finally:
+    ckpt.wait()  # an in-flight save completes even when stopping on an error
   writer.flush()
   return state
 

@@ -259,13 +259,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tfds_dir, tmp_
                        eval_every_steps=100)
   with pytest.raises(FloatingPointError, match=r"non-finite .* (step|steps) \d"):
     train.train_and_evaluate(config, str(tmp_path))
-  kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
-  assert kept and kept[-1] < STEPS
   ckpt = checkpoint.Checkpointer(str(tmp_path))
+  kept = ckpt.manager.all_steps()
+  assert kept and max(kept) < STEPS
+  assert not [d for d in os.listdir(tmp_path / "checkpoints") if "tmp" in d]  # all complete
   model = train.build_model(config, 10)
   state = train.create_train_state(model, train.create_optimizer(
       config, train.learning_rate_schedule(config, 10, 10)), 0, 32)
-  restored = ckpt.restore(kept[-1], state, train.Trainer(jax.devices()[:1]).replicated)
+  restored = ckpt.restore(max(kept), state, train.Trainer(jax.devices()[:1]).replicated)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.params))
 
 
