@@ -9,6 +9,7 @@ synchronised BatchNorm: results do not depend on the device count.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -25,7 +26,6 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
-from flax import struct
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -38,14 +38,14 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class Setup:
-  """Everything a run derives from its config (no arrays)."""
+  """What a run derives from its config and dataset."""
 
-  model: Any = struct.field(pytree_node=False)
-  spec: input_pipeline.DatasetSpec = struct.field(pytree_node=False)
-  steps_per_epoch: int = struct.field(pytree_node=False)
-  num_steps: int = struct.field(pytree_node=False)
+  model: models._Network
+  spec: input_pipeline.DatasetSpec
+  steps_per_epoch: int
+  num_steps: int
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models._Network:
