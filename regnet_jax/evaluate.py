@@ -37,15 +37,12 @@ def load_from_workdir(workdir: str, step: int | None = None
   return model, {"params": state.params, "batch_stats": state.batch_stats}, config
 
 
-def evaluate_workdir(workdir: str, step: int | None = None,
-                     config_overrides: dict | None = None) -> dict[str, float]:
+def evaluate_workdir(workdir: str, step: int | None = None) -> dict[str, float]:
   """Evaluates a checkpoint of ``workdir`` on the full eval split; prints and logs the result."""
   from clu import metric_writers
 
   trainer = train.Trainer()
   state, config, _ = _restore_state(workdir, step, trainer)
-  for k, v in (config_overrides or {}).items():
-    config[k] = v
   trainer.check_batch_size(config.batch_size)
   builder = input_pipeline.get_builder(config.dataset, config.data_dir)
   _, p_eval = trainer.compile_steps(config, train.learning_rate_schedule(config, 1, 1))
