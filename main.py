@@ -32,6 +32,8 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   absl_logging.get_absl_handler().addFilter(_quiet_orbax)
+  from regnet_jax import host
+  host.retain_freed_memory()  # before JAX starts: XLA:CPU's per-step buffers stop page-faulting
   from regnet_jax import evaluate, input_pipeline, train
 
   try:

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from regnet_jax import models, train
+from regnet_jax import host, models, train
 
 
 def _parse_value(text: str):
@@ -44,15 +44,18 @@ def _peak_memory_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # host RSS (KiB on Linux)
 
 
-def _time_steps(fn, steps: int, warmup: int) -> list[float]:
+def _time_steps(fn, steps: int, warmup: int) -> tuple[list[float], float]:
+  """Seconds of each timed call of ``fn`` after ``warmup`` calls, and the host's minor page
+  faults per timed call (fresh memory the kernel had to map and zero)."""
   for _ in range(warmup):
     jax.block_until_ready(fn())
   times = []
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(steps):
     start = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
-  return times
+  return times, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
 
 
 def benchmark_model(name: str, overrides: dict, batch_size: int, dtype: str, num_devices: int,
@@ -86,14 +89,15 @@ def benchmark_model(name: str, overrides: dict, batch_size: int, dtype: str, num
     holder[0], metrics = compiled(holder[0], batch)
     return metrics
 
-  train_times = _time_steps(step, steps, warmup)
-  eval_times = _time_steps(lambda: p_eval(holder[0], batch), steps, warmup)
+  train_times, train_faults = _time_steps(step, steps, warmup)
+  eval_times, _ = _time_steps(lambda: p_eval(holder[0], batch), steps, warmup)
   return {
       "model": name, "variant": ",".join(f"{k}={v}" for k, v in overrides.items()) or "default",
       "batch": batch_size, "dtype": dtype, "devices": num_devices,
       "train_img_s": batch_size / statistics.median(train_times),
       "eval_img_s": batch_size / statistics.median(eval_times),
       "compile_s": compile_s, "peak_mem_mb": _peak_memory_mb(),
+      "page_faults_per_step": train_faults,
   }
 
 
@@ -140,7 +144,11 @@ def main() -> None:
   parser.add_argument("--pipeline", default=None, help="benchmark this dataset's pipeline")
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--json", default=None, help="also write the rows to this file")
+  parser.add_argument("--malloc_defaults", action="store_true",
+                      help="leave glibc's malloc as it is (see regnet_jax/host.py)")
   args = parser.parse_args()
+  if not args.malloc_defaults:
+    host.retain_freed_memory()
 
   rows = []
   if args.pipeline:

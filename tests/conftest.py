@@ -1,6 +1,14 @@
 """Shared test set-up: CPU only, 8 fake host devices for the multi-device tests."""
 
 import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from regnet_jax import host
+
+host.retain_freed_memory()  # as main.py does; before JAX starts its backend
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -10,11 +18,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     __import__("tempfile").gettempdir(), "regnet_jax_test_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-
-import pathlib
-
-import numpy as np
-import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The genuine offline datasets: ../shared/data beside the checkout (as in CI), or $REGNET_DATA.
