@@ -1,0 +1,195 @@
+"""The results table, Fig. 4 (test error against parameters) and training curves, read from
+trained workdirs (their config.json and TensorBoard event files).
+
+    python -m regnet_jax.analysis.results --workdirs DIR [DIR ...] --out docs/ --name reduced
+
+writes ``OUT/results_NAME.json``, ``OUT/error_vs_params_NAME.png`` and
+``OUT/curves_NAME.png``, and prints the Markdown table (paper error beside ours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+from typing import Any
+
+import numpy as np
+
+from regnet_jax import checkpoint, input_pipeline, summary, train
+
+# The paper's test errors (%), Tables I, III and IV, keyed by (dataset, label); see label().
+PAPER_ERROR = {
+    ("cifar10", "resnet20"): 8.38, ("cifar100", "resnet20"): 31.72,
+    ("cifar10", "regnet20_rnn"): 7.60, ("cifar100", "regnet20_rnn"): 30.03,
+    ("cifar10", "regnet20_gru"): 7.42, ("cifar100", "regnet20_gru"): 29.69,
+    ("cifar10", "regnet20_lstm"): 7.28, ("cifar100", "regnet20_lstm"): 29.81,
+    ("cifar10", "se_resnet20"): 8.02, ("cifar100", "se_resnet20"): 31.14,
+    ("cifar10", "se_regnet20_rnn"): 7.55, ("cifar100", "se_regnet20_rnn"): 29.63,
+    ("cifar10", "se_regnet20_gru"): 7.25, ("cifar100", "se_regnet20_gru"): 29.08,
+    ("cifar10", "se_regnet20_lstm"): 6.98, ("cifar100", "se_regnet20_lstm"): 29.02,
+    ("cifar10", "regnet20_gru dense3x3"): 7.35,
+    ("cifar10", "resnet32"): 7.54, ("cifar100", "resnet32"): 29.86,
+    ("cifar10", "regnet32_gru"): 6.60, ("cifar100", "regnet32_gru"): 27.42,
+    ("cifar10", "regnet32_lstm"): 6.88, ("cifar100", "regnet32_lstm"): 28.11,
+    ("cifar10", "resnet56"): 6.78, ("cifar100", "resnet56"): 28.14,
+    ("cifar10", "regnet56_gru"): 6.39, ("cifar100", "regnet56_gru"): 27.02,
+    ("cifar10", "regnet56_lstm"): 6.45, ("cifar100", "regnet56_lstm"): 27.26,
+}
+
+Scalars = dict[str, list[tuple[int, float, float]]]
+
+
+def read_scalars(workdir: str) -> Scalars:
+  """Every scalar of the workdir's event files: ``{tag: [(step, value, wall_time), ...]}``,
+  sorted by step; a step logged twice (a resumed run) keeps its last value."""
+  import tensorflow as tf
+  from tensorboard.compat.proto import event_pb2
+
+  found: dict[str, dict[int, tuple[float, float]]] = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+      event = event_pb2.Event.FromString(record)
+      for value in event.summary.value:
+        if value.HasField("tensor"):
+          array = tf.make_ndarray(value.tensor)
+          if array.size != 1 or array.dtype.kind not in "fiu":
+            continue  # hparams and text summaries
+          number = float(array.reshape(()))
+        else:
+          number = value.simple_value
+        found.setdefault(value.tag, {})[event.step] = (number, event.wall_time)
+  return {tag: [(s, v, t) for s, (v, t) in sorted(steps.items())] for tag, steps in found.items()}
+
+
+def label(config: Any) -> str:
+  """The model name plus what the config changes about it (Table I's cell, Table V's stage)."""
+  args = config.get("model_args", {})
+  parts = [config.model]
+  if args.get("cell_conv", "light") != "light":
+    parts.append(args["cell_conv"])
+  if args.get("regulated_stages"):
+    parts.append("stages " + ",".join(map(str, args["regulated_stages"])))
+  if args.get("cell_sharing", "stage") != "stage":
+    parts.append(f"{args['cell_sharing']} cells")
+  return " ".join(parts)
+
+
+def summarize(workdir: str) -> dict[str, Any]:
+  """One row of the results table for a trained workdir."""
+  config = checkpoint.read_config(workdir)
+  scalars = read_scalars(workdir)
+  if not scalars.get("eval_top1_error"):
+    raise ValueError(f"{workdir} has no evaluation in its event files yet")
+  spec = input_pipeline.get_spec(config.dataset)
+  model = train.build_model(config, spec.num_classes)
+  speeds = [v for _, v, _ in scalars.get("train_images_per_sec", [])[1:]]  # [0]: compiling
+  times = [t for series in scalars.values() for _, _, t in series]
+  step, error, _ = scalars["eval_top1_error"][-1]
+  name = label(config)
+  return {
+      "workdir": workdir, "label": name, "model": config.model, "dataset": config.dataset,
+      "seed": config.seed, "epochs": config.num_epochs, "batch_size": config.batch_size,
+      "schedule": config.lr_schedule, "step": step,
+      "test_error": 100 * error,
+      "paper_error": PAPER_ERROR.get((config.dataset, name)),
+      "params": summary.count_params(model, spec.image_size),
+      "macs": summary.count_macs(model, spec.image_size),
+      "train_img_s": statistics.median(speeds) if speeds else None,
+      "hours": (max(times) - min(times)) / 3600,
+  }
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+  """The results table: ours beside the paper's 150-epoch error."""
+  lines = ["| model | seed | params | MACs | test error % | paper error % | ours - paper | "
+           "train img/s | hours |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    paper = r["paper_error"]
+    delta = f"{r['test_error'] - paper:+.2f}" if paper is not None else "-"
+    speed = f"{r['train_img_s']:.0f}" if r["train_img_s"] else "-"
+    lines.append(
+        f"| {r['label']} | {r['seed']} | {r['params']:,} | {r['macs'] / 1e6:.1f}M | "
+        f"{r['test_error']:.2f} | {paper if paper is not None else '-'} | {delta} | {speed} | "
+        f"{r['hours']:.2f} |")
+  return "\n".join(lines)
+
+
+def _pyplot():
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def plot_error_vs_params(rows: list[dict[str, Any]], path: str, title: str) -> None:
+  """Fig. 4: test error against parameters, ours (filled) and the paper's (hollow)."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for i, r in enumerate(rows):
+    color = f"C{i % 10}"
+    ax.scatter(r["params"] / 1e6, r["test_error"], color=color, label=f"{r['label']} (ours)")
+    if r["paper_error"] is not None:
+      ax.scatter(r["params"] / 1e6, r["paper_error"], facecolors="none", edgecolors=color)
+  ax.set_xlabel("parameters (M)")
+  ax.set_ylabel("test error (%)")
+  ax.set_title(title + "\nfilled: ours; hollow: the paper's 150-epoch result", fontsize=9)
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_curves(workdirs: list[str], path: str, title: str) -> None:
+  """Training loss and test error against epochs, one line per workdir."""
+  plt = _pyplot()
+  fig, (loss_ax, err_ax) = plt.subplots(1, 2, figsize=(10, 4))
+  for workdir in workdirs:
+    config = checkpoint.read_config(workdir)
+    scalars = read_scalars(workdir)
+    builder = input_pipeline.get_builder(config.dataset, config.data_dir, download=False)
+    per_epoch = input_pipeline.steps_per_epoch(
+        builder, input_pipeline.get_spec(config.dataset), config.batch_size)
+    for ax, tag, scale in ((loss_ax, "train_loss", 1), (err_ax, "eval_top1_error", 100)):
+      series = np.array([(s, v) for s, v, _ in scalars.get(tag, [])]).reshape(-1, 2)
+      ax.plot(series[:, 0] / per_epoch, series[:, 1] * scale, marker="." if ax is err_ax else "",
+              label=f"{label(config)} (seed {config.seed})")
+  loss_ax.set_ylabel("training loss")
+  err_ax.set_ylabel("test error (%)")
+  for ax in (loss_ax, err_ax):
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdirs", nargs="+", required=True)
+  parser.add_argument("--out", required=True, help="folder for the JSON and PNG files")
+  parser.add_argument("--name", default="results", help="suffix of the written files")
+  parser.add_argument("--title", default="CIFAR-10 (JPEG q75)", help="title of the figures")
+  args = parser.parse_args(argv)
+  try:
+    rows = [summarize(w) for w in args.workdirs]
+  except (ValueError, FileNotFoundError) as e:
+    raise SystemExit(f"error: {e}") from None
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, f"results_{args.name}.json"), "w") as f:
+    json.dump(rows, f, indent=2)
+  plot_error_vs_params(rows, os.path.join(args.out, f"error_vs_params_{args.name}.png"),
+                       args.title)
+  plot_curves(args.workdirs, os.path.join(args.out, f"curves_{args.name}.png"), args.title)
+  print(markdown(rows))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,96 @@
+"""The paper's analyses (Fig. 1(a), 1(b), 4, training curves) on a real tiny trained run."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from regnet_jax import checkpoint, evaluate, models, summary, train
+from regnet_jax.analysis import block_probe, feature_maps, results
+from tests.test_train import STEPS, scalars, tiny_config
+
+
+@pytest.fixture(scope="module")
+def run(tfds_dir, tmp_path_factory):
+  """The tiny RegNet run of test_train (same config, so its compiled steps are cached)."""
+  workdir = str(tmp_path_factory.mktemp("analysis_run"))
+  train.train_and_evaluate(tiny_config(tfds_dir), workdir)
+  return workdir
+
+
+@pytest.mark.parametrize("name", ["resnet20", "regnet20_lstm"])
+def test_block_outputs_in_network_order(name):
+  """Nine block outputs at 32/16/8 px; GAP + FC on the last one is the model's own logits."""
+  model = models.create_model(name, 10)
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  variables = jax.jit(lambda: model.init(jax.random.key(0, impl="rbg"), x, train=False))()
+  logits, state = jax.jit(lambda v: model.apply(v, x, train=False, mutable=["intermediates"]))(
+      variables)
+  outs = block_probe.block_outputs(state["intermediates"])
+  assert [o.shape[1:] for o in outs] == [(32, 32, 16)] * 3 + [(16, 16, 32)] * 3 + [
+      (8, 8, 64)] * 3
+  fc = variables["params"]["fc"]
+  np.testing.assert_allclose(outs[-1].mean((1, 2)) @ fc["kernel"] + fc["bias"], logits,
+                             rtol=1e-5, atol=1e-5)
+  hidden = block_probe.block_outputs(state["intermediates"], "hidden", stages=(2,))
+  assert len(hidden) == (3 if name.startswith("regnet") else 0)
+  labels = jnp.argmax(logits, -1)
+  counts = block_probe.probe_counts(model, variables, x, labels, jnp.ones(2), last=3)
+  assert counts.tolist()[-1] == 2  # the last block reproduces the model's predictions
+
+
+def test_block_probe_last_block_is_the_test_accuracy(run, capsys):
+  probe = block_probe.probe_workdir(run, last=2, batch_size=64)
+  assert probe["blocks"] == [5, 6] and probe["step"] == STEPS  # depth 14: 3 stages of 2
+  error = scalars(run)["eval_top1_error"][STEPS]
+  assert probe["accuracy"][-1] == pytest.approx(1 - error, abs=1.5 / 200)  # <= 1 tie of 200
+  block_probe.main(["--workdirs", run, "--blocks", "1"])
+  assert "| regnet20_gru | 6 | " in capsys.readouterr().out
+  with pytest.raises(SystemExit, match="--blocks=3 must be between 1 and the 2 blocks of "
+                     "regnet20_gru's last stage"):
+    block_probe.main(["--workdirs", run, "--blocks", "3"])
+
+
+def test_feature_maps_png(run, tmp_path):
+  paths = feature_maps.save_feature_maps(run, str(tmp_path), stage=2, num_images=2)
+  assert [os.path.basename(p) for p in paths] == [
+      "regnet20_gru_stage2_image0.png", "regnet20_gru_stage2_image1.png"]
+  assert Image.open(paths[0]).size == (640, 320)  # 4 columns x 2 blocks at 160 px
+  model, variables, _ = evaluate.load_from_workdir(run)
+  images = np.random.RandomState(0).randn(1, 32, 32, 3).astype(np.float32)
+  maps = feature_maps.stage_maps(model, variables, images, stage=3)
+  assert [len(maps[k]) for k in "IHO"] == [1, 2, 2]
+  np.testing.assert_array_equal(maps["I"][0], maps["O"][0])  # I of block 2 is O of block 1
+  with pytest.raises(SystemExit, match="--stage=4 must be between 1 and 3"):
+    feature_maps.main(["--workdir", run, "--out", str(tmp_path), "--stage", "4"])
+
+
+def test_results_table_and_figures(run, tmp_path, capsys):
+  ours = results.read_scalars(run)
+  reference = scalars(run)  # TensorBoard's own reader
+  for tag in ("train_loss", "eval_top1_error", "learning_rate"):
+    assert {s: v for s, v, _ in ours[tag]} == pytest.approx(reference[tag], rel=1e-7)
+  row = results.summarize(run)
+  model = train.build_model(checkpoint.read_config(run), 10)
+  assert row["label"] == "regnet20_gru" and row["paper_error"] == 7.42
+  assert row["params"] == summary.count_params(model, 32)
+  assert row["test_error"] == pytest.approx(100 * reference["eval_top1_error"][STEPS])
+  results.main(["--workdirs", run, "--out", str(tmp_path), "--name", "t"])
+  assert "| regnet20_gru | 0 |" in capsys.readouterr().out
+  assert json.loads((tmp_path / "results_t.json").read_text())[0]["step"] == STEPS
+  assert Image.open(tmp_path / "error_vs_params_t.png").size == (600, 400)
+  assert Image.open(tmp_path / "curves_t.png").size == (1000, 400)
+
+
+def test_labels_name_the_table_variants():
+  config = tiny_config(None)
+  config.model_args.cell_conv = "dense3x3"
+  assert results.label(config) == "regnet20_gru dense3x3"
+  assert results.PAPER_ERROR[("cifar10", results.label(config))] == 7.35
+  config.model_args.cell_conv = "light"
+  config.model_args.regulated_stages = (2,)
+  assert results.label(config) == "regnet20_gru stages 2"
