@@ -28,13 +28,26 @@ def _quiet_orbax(record: logging.LogRecord) -> bool:
   return "orbax" not in record.pathname or record.levelno >= logging.WARNING
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with config overrides that do not fit the config (an unknown field,
+  a value of the wrong type) reported in one line instead of a traceback."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e}\nPass --help to see the flags.")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    field = next((a for a in argv[1:] if a.startswith("--config.")), "--config")
+    sys.exit(f"error: {field} does not fit the config ({type(e).__name__}: {e}); the config "
+             "file lists every field")
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   absl_logging.get_absl_handler().addFilter(_quiet_orbax)
   from regnet_jax import host
   host.retain_freed_memory()  # before JAX starts: XLA:CPU's per-step buffers stop page-faulting
-  from regnet_jax import evaluate, input_pipeline, train
+  from regnet_jax import checkpoint, evaluate, input_pipeline, train
 
   try:
     if FLAGS.mode == "eval":
@@ -43,10 +56,10 @@ def main(argv: list[str]) -> None:
       raise ValueError("--config is required for training (e.g. --config=configs/default.py)")
     else:
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ValueError, FileNotFoundError, FloatingPointError,
-          input_pipeline.DatasetNotFoundError) as e:
+  except (ValueError, FileNotFoundError, FloatingPointError, OSError,
+          input_pipeline.DatasetNotFoundError, checkpoint.CorruptCheckpointError) as e:
     sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

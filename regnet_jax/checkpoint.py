@@ -7,7 +7,9 @@ TensorBoard event files. Checkpoints hold arrays only (no pickled objects).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -36,24 +38,44 @@ class CheckpointMismatchError(ValueError):
   """A checkpoint's parameters do not fit the model being restored."""
 
 
-def _first_mismatch(message: str) -> str:
-  """The first path (preferring model parameters) named in an orbax mismatch message."""
-  paths = [line.strip()[:-1] for line in message.splitlines() if line.strip().endswith(":")]
-  for prefix in ("params", "batch_stats", "opt_state", "step"):
-    for path in paths:
-      if path.split(".")[0] == prefix:
-        return f"first difference at {path}"
-  return message.splitlines()[0][:300] if message else "structure differs"
+class CorruptCheckpointError(RuntimeError):
+  """A checkpoint's files cannot be read (truncated, overwritten, half-deleted)."""
+
+
+def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """``{'.params.stage1...': shape}`` of a tree's leaves (arrays, scalars, metadata)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    name = "".join(f".{getattr(k, 'key', getattr(k, 'idx', k))}" for k in path)
+    out[name] = tuple(getattr(leaf, "shape", ()) or ())
+  return out
+
+
+def first_difference(saved: Any, expected: Any) -> str | None:
+  """The first leaf (model parameters first) whose presence or shape differs, or None."""
+  a, b = _leaf_shapes(saved), _leaf_shapes(expected)
+  names = sorted(set(a) | set(b), key=lambda n: (not n.startswith(".params"), n))
+  for name in names:
+    if a.get(name) != b.get(name):
+      where = name.lstrip(".")
+      if name not in a:
+        return f"{where} is missing from the checkpoint"
+      if name not in b:
+        return f"{where} is in the checkpoint but not in the model"
+      return f"{where} has shape {a[name]} in the checkpoint, {b[name]} in the model"
+  return None
 
 
 class Checkpointer:
   """Saves and restores a train state with an orbax ``CheckpointManager``."""
 
-  def __init__(self, workdir: str, max_to_keep: int = 3):
+  def __init__(self, workdir: str, max_to_keep: int = 3, create: bool = True):
+    """``create=False`` (evaluation) never writes to the workdir."""
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                                             create=True))
+    options = (ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True) if create else
+               ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=0,
+                                            create=False, read_only=True))
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, step: int, state: Any) -> None:
     """Saves asynchronously; the step's folder appears only once it is complete."""
@@ -66,20 +88,54 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def restore(self, step: int, target: Any, sharding: Any) -> Any:
-    """Restores checkpoint ``step`` into the structure of ``target``, placed with ``sharding``."""
+    """Restores checkpoint ``step`` into the structure of ``target``, placed with ``sharding``.
+
+    Raises:
+      CheckpointMismatchError: the checkpoint's tree or shapes differ from ``target``'s
+        (read from its metadata, before any array).
+      CorruptCheckpointError: its metadata or arrays cannot be read.
+    """
     template = serialization.to_state_dict(target)
+    path = os.path.join(self.directory, str(step), "default")
+    try:
+      saved = ocp.StandardCheckpointer().metadata(path).item_metadata
+      if not jax.tree.leaves(saved):
+        raise ValueError("its metadata lists no arrays")
+    except Exception as e:  # any failure to read it: damaged
+      raise CorruptCheckpointError(f"checkpoint {step} in {self.directory} is unreadable "
+                                   f"({type(e).__name__}: {str(e)[:200]})") from None
+    difference = first_difference(saved, template)
+    if difference is not None:
+      raise CheckpointMismatchError(
+          f"checkpoint {step} in {self.directory} does not match this config's model "
+          f"({difference}); use another --workdir or the config it was trained with")
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), template)
     try:
       restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except ValueError as e:  # orbax: tree structure or shape mismatch
-      raise CheckpointMismatchError(
-          f"checkpoint {step} in {self.directory} does not match this config's model "
-          f"({_first_mismatch(str(e))}); use another --workdir or the config it was trained "
-          "with") from None
+    except Exception as e:  # tensorstore raises bare Exceptions
+      raise CorruptCheckpointError(f"checkpoint {step} in {self.directory} is unreadable "
+                                   f"({type(e).__name__}: {str(e)[:200]})") from None
     return serialization.from_state_dict(target, restored)
 
   def restore_latest(self, target: Any, sharding: Any) -> Any | None:
-    """The newest checkpoint restored like :meth:`restore`, or None if there is none."""
-    step = self.latest_step()
-    return None if step is None else self.restore(step, target, sharding)
+    """The newest readable checkpoint restored like :meth:`restore`, or None if there is none.
+
+    A damaged checkpoint is moved to ``<workdir>/corrupt_checkpoints/<step>`` (kept for
+    inspection, out of orbax's way) with a warning, and the next older one is tried.
+    """
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return self.restore(step, target, sharding)
+      except CorruptCheckpointError as e:
+        logging.warning("%s; falling back to the previous checkpoint.", e)
+        self._quarantine(step)
+    return None
+
+  def _quarantine(self, step: int) -> None:
+    if jax.process_index() == 0:
+      aside = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints")
+      os.makedirs(aside, exist_ok=True)
+      os.replace(os.path.join(self.directory, str(step)),
+                 os.path.join(aside, f"{step}-{int(time.time())}"))
+    self.manager.reload()

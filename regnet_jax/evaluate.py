@@ -22,7 +22,7 @@ def _restore_state(workdir: str, step: int | None, trainer: train.Trainer
   schedule = train.learning_rate_schedule(config, 1, 1)
   state = train.create_train_state(model, train.create_optimizer(config, schedule), config.seed,
                                    spec.image_size)
-  ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints, create=False)
   step = ckpt.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first "

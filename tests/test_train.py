@@ -3,6 +3,7 @@ evaluation in a new process, 1 device == 8 devices, resumed == uninterrupted."""
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from configs import cifar, default
-from regnet_jax import checkpoint, evaluate, train
+from regnet_jax import checkpoint, evaluate, input_pipeline, train
 from tests.conftest import REPO
 
 STEPS = 6
@@ -188,6 +189,8 @@ def test_label_smoothing_loss():
     ({"learning_rate": 0.0}, "learning_rate must be positive"),
     ({"batch_size": -8}, "batch_size must be positive"),
     ({"num_epochs": 0.0, "num_train_steps": -1}, "num_epochs must be positive"),
+    ({"model_args": {"depth": 21}}, "depth=21 is not valid for a CIFAR ResNet; it must be 6n\\+2"),
+    ({"model_args": {"cell_conv": "dense5x5"}}, "cell_conv='dense5x5' is not valid"),
 ])
 def test_bad_config_fails_fast_and_writes_nothing(tfds_dir, tmp_path, overrides, match):
   workdir = tmp_path / "w"
@@ -200,9 +203,34 @@ def test_mismatched_checkpoint_is_named_and_kept(reference_run, tfds_dir):
   workdir, _ = reference_run
   config_json = pathlib.Path(workdir, "config.json")
   before = config_json.read_text()
-  with pytest.raises(checkpoint.CheckpointMismatchError, match="first difference at params"):
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match=r"\(params\.stage1\.cell\.h\.bias is in the checkpoint but not in "
+                     r"the model\)"):
     train.train_and_evaluate(tiny_config(tfds_dir, model="regnet20_lstm"), workdir)
   assert config_json.read_text() == before
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty"])
+def test_corrupt_newest_checkpoint_falls_back(reference_run, tfds_dir, tmp_path, caplog, damage):
+  """A damaged newest checkpoint is set aside with a warning; training resumes from the one
+  before and ends exactly where the uninterrupted run did."""
+  workdir, params8 = reference_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  newest = copy / "checkpoints" / str(STEPS)
+  if damage == "truncate":  # a torn write of the largest array file
+    biggest = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    with open(biggest, "r+b") as f:
+      f.truncate(biggest.stat().st_size // 2)
+  else:  # a step folder whose files were lost
+    shutil.rmtree(newest)
+    newest.mkdir()
+  state = train.train_and_evaluate(tiny_config(tfds_dir), str(copy))
+  assert f"checkpoint {STEPS} in" in caplog.text and "falling back" in caplog.text
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params8)
+  assert len(os.listdir(copy / "corrupt_checkpoints")) == 1  # kept for inspection
+  assert sorted(os.listdir(copy / "checkpoints")) == ["3", "6"]
 
 
 def test_regnet50_imagenet_config_on_real_photos(tfds_dir, tmp_path):
@@ -220,6 +248,33 @@ def test_regnet50_imagenet_config_on_real_photos(tfds_dir, tmp_path):
   assert all(np.isfinite(v) for v in tags["train_loss"].values())
   assert tags["eval_examples"][2] == 20
   assert (workdir / "checkpoints" / "2").is_dir()
+
+
+def test_missing_dataset_says_how_to_import_and_writes_nothing(tmp_path):
+  workdir = tmp_path / "w"
+  with pytest.raises(input_pipeline.DatasetNotFoundError,
+                     match=r"python -m regnet_jax\.import_data --dataset=cifar10 --source="):
+    train.train_and_evaluate(tiny_config(str(tmp_path / "empty_data_dir")), str(workdir))
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--config=configs/cifar.py:resnet20", "--config.no_such_field=1"], "no_such_field"),
+    (["--mode=eval"], "no checkpoint in"),
+    (["--mode=eval", "--step=7"], "checkpoint 7"),
+])
+def test_cli_bad_input_table(reference_run, tmp_path, args, match):
+  """One clear last line, no traceback, nothing written to the workdir."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  shutil.copy(pathlib.Path(reference_run[0], "config.json"), workdir)  # trained nowhere yet
+  out = subprocess.run([sys.executable, "main.py", f"--workdir={workdir}", *args], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  last = out.stderr.strip().splitlines()[-1]
+  assert match in last, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
+  assert os.listdir(workdir) == ["config.json"]
 
 
 def test_cli_reports_bad_input_in_one_line(tfds_dir, tmp_path):

@@ -63,7 +63,7 @@ def probe_workdir(workdir: str, last: int = 3, step: int | None = None,
   """
   model, variables, config = evaluate.load_from_workdir(workdir, step)
   if step is None:
-    step = checkpoint.Checkpointer(workdir).latest_step()
+    step = checkpoint.Checkpointer(workdir, create=False).latest_step()
   spec = input_pipeline.get_spec(config.dataset)
   builder = input_pipeline.get_builder(config.dataset, config.data_dir)
   total_blocks, in_last_stage = sum(model.stage_sizes), model.stage_sizes[-1]
