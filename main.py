@@ -20,6 +20,10 @@ config_flags.DEFINE_config_file("config", None, "Training configuration file.",
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard events.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (resuming) or evaluate.")
 flags.DEFINE_integer("step", None, "Eval: checkpoint step to evaluate (default: newest).")
+flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
+                    "(default: none, or detected from a SLURM / Open MPI launch).")
+flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -47,6 +51,7 @@ def main(argv: list[str]) -> None:
   absl_logging.get_absl_handler().addFilter(_quiet_orbax)
   from regnet_jax import host
   host.retain_freed_memory()  # before JAX starts: XLA:CPU's per-step buffers stop page-faulting
+  host.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from regnet_jax import checkpoint, evaluate, input_pipeline, train
 
   try:

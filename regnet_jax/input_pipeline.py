@@ -3,9 +3,10 @@
 Training order and augmentation are a pure function of ``(seed, step)``: epoch e is shuffled
 with seed ``seed + e`` and every example's random crop and flip use a stateless seed derived
 from its position in the epoch, so a run resumed at step s sees exactly the batches an
-uninterrupted run would. Each process reads its own slice of every split
-(``tfds.split_for_jax_process``). Evaluation visits every example of the split exactly once:
-the last batches are padded and the padding masked out (``batch['mask'] == 0``).
+uninterrupted run would, and the global batches do not depend on the number of processes
+(each decodes only its rows of them). Evaluation visits every example of the split exactly
+once, each process its own slice (``tfds.split_for_jax_process``): the last batches are
+padded and the padding masked out (``batch['mask'] == 0``).
 
 Batches are dicts of numpy arrays: ``image [b, S, S, 3] float32`` (normalised), ``label [b]
 int32`` and, for evaluation, ``mask [b] float32``; ``b`` is the per-process batch.
@@ -207,26 +208,36 @@ def process_batch_size(global_batch: int) -> int:
 def steps_per_epoch(builder: tfds.core.DatasetBuilder, spec: DatasetSpec,
                     global_batch: int) -> int:
   """Full global batches per epoch of the training split (the remainder is dropped)."""
-  per_process = builder.info.splits[spec.train_split].num_examples // jax.process_count()
-  steps = per_process // process_batch_size(global_batch)
+  examples = builder.info.splits[spec.train_split].num_examples
+  process_batch_size(global_batch)  # divisible over the processes
+  steps = examples // global_batch
   if steps == 0:
     raise ValueError(f"batch_size={global_batch} is larger than the training split "
-                     f"({per_process} examples per process)")
+                     f"({examples} examples)")
   return steps
 
 
 def train_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_batch: int,
                   seed: int, start_step: int = 0, shuffle_buffer: int = 50_000
                   ) -> Iterator[dict[str, np.ndarray]]:
-  """This process's training batches from global step ``start_step`` on, epoch after epoch."""
+  """This process's training batches from global step ``start_step`` on, epoch after epoch.
+
+  The global batches do not depend on the number of processes: every process reads the split
+  in the same shuffled order and keeps only its own rows of each global batch (process p of
+  P: rows ``[p * B/P, (p + 1) * B/P)``) before decoding and augmenting them. So P processes
+  train exactly like one process with the same devices, and a run can resume on another
+  process count. The price is that each process reads (not decodes) every record.
+  """
   batch = process_batch_size(global_batch)
   steps = steps_per_epoch(builder, spec, global_batch)
-  split = tfds.split_for_jax_process(spec.train_split, drop_remainder=True)
+  index, count = jax.process_index(), jax.process_count()
   epoch, skip = divmod(start_step, steps)
   while True:
-    ds = _read(builder, split, spec, shuffle_seed=seed + epoch)
+    ds = _read(builder, spec.train_split, spec, shuffle_seed=seed + epoch)
     ds = ds.shuffle(shuffle_buffer, seed=seed + epoch, reshuffle_each_iteration=False)
-    ds = ds.take(steps * batch).enumerate().skip(skip * batch)
+    ds = ds.take(steps * global_batch).enumerate().skip(skip * global_batch)
+    if count > 1:
+      ds = ds.filter(lambda i, ex: (i % global_batch) // batch == index)
     # Example i of epoch e is augmented with the stateless seed (seed * 1000003 + e, i).
     base = tf.constant(seed * 1_000_003 + epoch, tf.int64)
     ds = ds.map(lambda i, ex, b=base: preprocess(ex, spec, True, tf.stack([b, i])),
