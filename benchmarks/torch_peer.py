@@ -2,7 +2,7 @@
 against another framework, and times both train steps side by side.
 
     pip install -e ".[torch]"
-    python benchmarks/torch_peer.py --models resnet20 regnet20_gru regnet20_lstm --rounds 3
+    python -m benchmarks.torch_peer --models resnet20 regnet20_gru regnet20_lstm --rounds 3
 
 The PyTorch side is written from the paper, not from our code: each gate is the literal
 grouped 1x1 convolution (``groups=N`` over ``cat([x, h])``, so channels 2k and 2k+1 are
@@ -127,7 +127,7 @@ class CifarNet(nn.Module):
 def port(net: CifarNet, variables: dict[str, Any]) -> CifarNet:
   """Copies a Flax CIFAR ResNet/RegNet's ``params`` and ``batch_stats`` into ``net``."""
   params, stats = jax.device_get(variables["params"]), jax.device_get(variables["batch_stats"])
-  t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))
+  t = lambda a: torch.from_numpy(np.array(a, np.float32))  # a writable copy
   conv = lambda m, p: m.weight.data.copy_(t(np.transpose(p["kernel"], (3, 2, 0, 1))))
 
   def norm(m: nn.BatchNorm2d, p: dict, s: dict) -> None:
@@ -240,8 +240,8 @@ def side_by_side(name: str, batch_size: int, steps: int, rounds: int) -> dict[st
   ms = {k: _median_ms(v) for k, v in times.items()}
   return {"model": name, "batch": batch_size, "threads": torch.get_num_threads(),
           **{f"{k}_img_s": 1e3 * batch_size / v for k, v in ms.items()},
-          "jax_vs_nchw": ms["torch_nchw"] / ms["jax"],
-          "jax_vs_channels_last": ms["torch_channels_last"] / ms["jax"]}
+          "jax_vs_nchw": f"{ms['torch_nchw'] / ms['jax']:.2f}x",
+          "jax_vs_channels_last": f"{ms['torch_channels_last'] / ms['jax']:.2f}x"}
 
 
 def main() -> None:
