@@ -50,7 +50,6 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   absl_logging.get_absl_handler().addFilter(_quiet_orbax)
   from regnet_jax import host
-  host.retain_freed_memory()  # before JAX starts: XLA:CPU's per-step buffers stop page-faulting
   host.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from regnet_jax import checkpoint, evaluate, input_pipeline, train
 
@@ -67,4 +66,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  from regnet_jax import host
+
+  host.reexec_with_hugepages()  # huge pages for XLA:CPU's per-step buffers (regnet_jax/host.py)
   app.run(main, flags_parser=parse_flags)

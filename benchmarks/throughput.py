@@ -144,11 +144,11 @@ def main() -> None:
   parser.add_argument("--pipeline", default=None, help="benchmark this dataset's pipeline")
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--json", default=None, help="also write the rows to this file")
-  parser.add_argument("--malloc_defaults", action="store_true",
+  parser.add_argument("--no_hugepages", action="store_true",
                       help="leave glibc's malloc as it is (see regnet_jax/host.py)")
   args = parser.parse_args()
-  if not args.malloc_defaults:
-    host.retain_freed_memory()
+  if not args.no_hugepages:
+    host.reexec_with_hugepages()
 
   rows = []
   if args.pipeline:

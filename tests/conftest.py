@@ -6,10 +6,6 @@ import pathlib
 import numpy as np
 import pytest
 
-from regnet_jax import host
-
-host.retain_freed_memory()  # as main.py does; before JAX starts its backend
-
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
