@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from typing import Any
 
@@ -24,6 +25,34 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
+
+
+def check_workdir(workdir: str, checkpoint_bytes: int, keep: int) -> None:
+  """Fails early, in one line, if ``workdir`` cannot be written or its disk cannot hold the
+  ``keep`` checkpoints of ``checkpoint_bytes`` each (plus one being written).
+
+  Raises:
+    OSError: naming the workdir and the problem; a workdir this call created is removed.
+  """
+  if jax.process_index() != 0:
+    return
+  existed = os.path.isdir(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+    with open(probe, "wb") as f:
+      f.write(b"ok")
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(f"cannot write to the workdir {workdir}: {e.strerror or e}") from None
+  needed = (keep + 1) * checkpoint_bytes
+  free = shutil.disk_usage(workdir).free
+  if free < needed:
+    if not existed:
+      os.rmdir(workdir)
+    raise OSError(f"the disk of {workdir} has {free / 2**20:.0f} MiB free; this run's "
+                  f"{keep} kept checkpoints need about {needed / 2**20:.0f} MiB "
+                  "(free space, another --workdir, or a lower keep_checkpoints)")
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

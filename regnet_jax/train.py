@@ -236,6 +236,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   schedule = learning_rate_schedule(config, run.steps_per_epoch, run.num_steps)
   state = create_train_state(run.model, create_optimizer(config, schedule), config.seed,
                              run.spec.image_size)
+  checkpoint.check_workdir(workdir, sum(x.nbytes for x in jax.tree.leaves(state)),
+                           config.keep_checkpoints)
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   state = trainer.replicate(ckpt.restore_latest(state, trainer.replicated) or state)
   checkpoint.write_config(workdir, config)

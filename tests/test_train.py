@@ -250,6 +250,22 @@ def test_regnet50_imagenet_config_on_real_photos(tfds_dir, tmp_path):
   assert (workdir / "checkpoints" / "2").is_dir()
 
 
+def test_unwritable_workdir_fails_before_training(tfds_dir, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises(OSError, match=r"cannot write to the workdir .*a_file/w: Not a directory"):
+    train.train_and_evaluate(tiny_config(tfds_dir), str(blocker / "w"))
+
+
+def test_full_disk_fails_before_training(tfds_dir, tmp_path, monkeypatch):
+  workdir = tmp_path / "w"
+  real = shutil.disk_usage
+  monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1 << 20))
+  with pytest.raises(OSError, match=r"has 1 MiB free; this run's 3 kept checkpoints need"):
+    train.train_and_evaluate(tiny_config(tfds_dir), str(workdir))
+  assert not workdir.exists()
+
+
 def test_missing_dataset_says_how_to_import_and_writes_nothing(tmp_path):
   workdir = tmp_path / "w"
   with pytest.raises(input_pipeline.DatasetNotFoundError,
