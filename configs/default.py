@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir; None: tfds's.
   config.shuffle_buffer = 50_000  # Examples in the shuffle buffer (a whole CIFAR epoch).
   config.prefetch_batches = 2  # Batches placed on the devices ahead of the train step.
+  config.skip_bad_images = False  # Skip (with a warning) training images that fail to decode.
 
   # Optimisation: SGD with momentum, weight decay on kernels only (not BN or biases).
   config.batch_size = 64  # Global batch, split evenly over all devices of all processes.

@@ -189,9 +189,13 @@ def preprocess(example: dict, spec: DatasetSpec, train: bool, seed: tf.Tensor | 
 
 
 def _read(builder: tfds.core.DatasetBuilder, split: str, spec: DatasetSpec,
-          shuffle_seed: int | None) -> tf.data.Dataset:
-  decoders = {"image": tfds.decode.SkipDecoding()} if spec.kind == "imagenet" else None
-  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
+          shuffle_seed: int | None, raw: bool = False) -> tf.data.Dataset:
+  """The split's examples (``raw``: every image as its encoded bytes), files shuffled with
+  ``shuffle_seed`` (None: in order); each example carries its ``tfds_id``."""
+  skip = raw or spec.kind == "imagenet"
+  decoders = {"image": tfds.decode.SkipDecoding()} if skip else None
+  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False,
+                                add_tfds_id=True)
   return builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
                             decoders=decoders, read_config=read_config)
 
@@ -217,9 +221,37 @@ def steps_per_epoch(builder: tfds.core.DatasetBuilder, spec: DatasetSpec,
   return steps
 
 
+class BadImageError(ValueError):
+  """A training image cannot be decoded."""
+
+
+def _epoch_order(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, examples: int,
+                 seed: int, epoch: int, shuffle_buffer: int, raw: bool = False
+                 ) -> tf.data.Dataset:
+  """``(i, example)``: the first ``examples`` of epoch ``epoch`` in training order."""
+  ds = _read(builder, spec.train_split, spec, shuffle_seed=seed + epoch, raw=raw)
+  ds = ds.shuffle(shuffle_buffer, seed=seed + epoch, reshuffle_each_iteration=False)
+  return ds.take(examples).enumerate()
+
+
+def undecodable(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_batch: int,
+                seed: int, step: int, shuffle_buffer: int) -> list[str]:
+  """The ``tfds_id`` of every image of global batch ``step`` (0-based) that fails to decode."""
+  steps = steps_per_epoch(builder, spec, global_batch)
+  epoch, position = divmod(step, steps)
+  ds = _epoch_order(builder, spec, steps * global_batch, seed, epoch, shuffle_buffer, raw=True)
+  bad = []
+  for _, ex in ds.skip(position * global_batch).take(global_batch):
+    try:
+      tf.io.decode_image(ex["image"], channels=3, expand_animations=False)
+    except tf.errors.OpError:
+      bad.append(ex["tfds_id"].numpy().decode())
+  return bad
+
+
 def train_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_batch: int,
-                  seed: int, start_step: int = 0, shuffle_buffer: int = 50_000
-                  ) -> Iterator[dict[str, np.ndarray]]:
+                  seed: int, start_step: int = 0, shuffle_buffer: int = 50_000,
+                  skip_bad_images: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """This process's training batches from global step ``start_step`` on, epoch after epoch.
 
   The global batches do not depend on the number of processes: every process reads the split
@@ -227,23 +259,41 @@ def train_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_b
   P: rows ``[p * B/P, (p + 1) * B/P)``) before decoding and augmenting them. So P processes
   train exactly like one process with the same devices, and a run can resume on another
   process count. The price is that each process reads (not decodes) every record.
+
+  An image that fails to decode stops the run with a :class:`BadImageError` naming it
+  (``tfds_id``), or, with ``skip_bad_images``, is dropped with a warning (its batch then takes
+  the next example, so later batches shift).
   """
   batch = process_batch_size(global_batch)
   steps = steps_per_epoch(builder, spec, global_batch)
   index, count = jax.process_index(), jax.process_count()
   epoch, skip = divmod(start_step, steps)
   while True:
-    ds = _read(builder, spec.train_split, spec, shuffle_seed=seed + epoch)
-    ds = ds.shuffle(shuffle_buffer, seed=seed + epoch, reshuffle_each_iteration=False)
-    ds = ds.take(steps * global_batch).enumerate().skip(skip * global_batch)
+    ds = _epoch_order(builder, spec, steps * global_batch, seed, epoch, shuffle_buffer)
+    ds = ds.skip(skip * global_batch)
     if count > 1:
       ds = ds.filter(lambda i, ex: (i % global_batch) // batch == index)
     # Example i of epoch e is augmented with the stateless seed (seed * 1000003 + e, i).
     base = tf.constant(seed * 1_000_003 + epoch, tf.int64)
     ds = ds.map(lambda i, ex, b=base: preprocess(ex, spec, True, tf.stack([b, i])),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
+    if skip_bad_images:
+      ds = ds.ignore_errors(log_warning=True)
     ds = ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
-    yield from tfds.as_numpy(ds)
+    it, step = iter(tfds.as_numpy(ds)), epoch * steps + skip
+    while True:
+      try:
+        yield next(it)
+      except StopIteration:
+        break
+      except tf.errors.OpError as e:
+        bad = undecodable(builder, spec, global_batch, seed, step, shuffle_buffer)
+        names = ", ".join(bad) or "unknown"
+        raise BadImageError(
+            f"training image {names} (global batch {step + 1}) cannot be decoded "
+            f"({e.message.splitlines()[0]}); repair or remove it, or set "
+            "--config.skip_bad_images=True to skip such images") from None
+      step += 1
     epoch, skip = epoch + 1, 0
 
 

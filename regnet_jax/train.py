@@ -253,7 +253,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                        every(config.checkpoint_every_steps))
   report = periodic_actions.ReportProgress(num_train_steps=run.num_steps, writer=writer)
   batches = trainer.prefetch(input_pipeline.train_batches(
-      builder, run.spec, config.batch_size, config.seed, start, config.shuffle_buffer),
+      builder, run.spec, config.batch_size, config.seed, start, config.shuffle_buffer,
+      config.skip_bad_images),
       config.prefetch_batches)
 
   pending = []

@@ -3,6 +3,7 @@ resumption, evaluation coverage, and the missing-dataset error."""
 
 import io
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -175,3 +176,45 @@ def test_imagenette_batches(tfds_dir):
   assert batch["image"].min() >= (0 - mean.max()) / std.min() - 1e-4
   evals = list(ip.eval_batches(builder, NETTE, 8))
   assert sum(b["mask"].sum() for b in evals) == 20
+
+
+@pytest.fixture(scope="module")
+def corrupt_tfds_dir(tmp_path_factory):
+  """Imagenette, 8 training photos, one of which has its JPEG data overwritten (header kept,
+  so the import accepts it and only decoding fails)."""
+  from regnet_jax import import_data
+  from tests.conftest import SHARED_DATA, _slice_npz
+
+  root = tmp_path_factory.mktemp("corrupt")
+  src = root / "src"
+  src.mkdir()
+  for name, count in (("train-jpeg.npz", 8), ("val-jpeg.npz", 4)):
+    _slice_npz(SHARED_DATA / "imagenette" / name, src / name, count)
+  with np.load(src / "train-jpeg.npz") as d:
+    arrays = dict(d)
+  start, end = arrays["offsets"][2:4]
+  arrays["jpeg"][start + 200:end] = 7
+  np.savez(src / "train-jpeg.npz", **arrays)
+  import_data.import_dataset("imagenette", str(src), str(root / "tfds"))
+  return str(root / "tfds")
+
+
+def test_undecodable_image_is_named_or_skipped(corrupt_tfds_dir):
+  spec = ip.get_spec("imagenette")
+  builder = ip.get_builder("imagenette", corrupt_tfds_dir)
+  # Independently: the one record of the split whose image does not decode.
+  bad = []
+  for ex in ip._read(builder, "train", spec, None, raw=True):
+    try:
+      tf.io.decode_image(ex["image"], channels=3, expand_animations=False)
+    except tf.errors.OpError:
+      bad.append(ex["tfds_id"].numpy().decode())
+  assert len(bad) == 1
+  with pytest.raises(ip.BadImageError, match=(
+      rf"training image {re.escape(bad[0])} \(global batch [12]\) cannot be decoded "
+      r"\(.*\); repair or remove it, or set --config.skip_bad_images=True")):
+    _take(ip.train_batches(builder, spec, 4, seed=0, shuffle_buffer=8), 2)
+  # Skipped: 7 good photos make one full batch of 4 per epoch (the remainder is dropped).
+  batches = _take(ip.train_batches(builder, spec, 4, seed=0, shuffle_buffer=8,
+                                               skip_bad_images=True), 3)
+  assert [b["image"].shape for b in batches] == [(4, 224, 224, 3)] * 3
