@@ -20,6 +20,8 @@ config_flags.DEFINE_config_file("config", None, "Training configuration file.",
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard events.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (resuming) or evaluate.")
 flags.DEFINE_integer("step", None, "Eval: checkpoint step to evaluate (default: newest).")
+flags.DEFINE_integer("precise_bn", 0, "Eval: first recompute BatchNorm statistics over this "
+                     "many training batches (0: the running averages).")
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
                     "(default: none, or detected from a SLURM / Open MPI launch).")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
@@ -55,7 +57,7 @@ def main(argv: list[str]) -> None:
 
   try:
     if FLAGS.mode == "eval":
-      evaluate.evaluate_workdir(FLAGS.workdir, FLAGS.step)
+      evaluate.evaluate_workdir(FLAGS.workdir, FLAGS.step, FLAGS.precise_bn)
     elif FLAGS.config is None:
       raise ValueError("--config is required for training (e.g. --config=configs/default.py)")
     else:

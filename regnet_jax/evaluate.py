@@ -37,21 +37,35 @@ def load_from_workdir(workdir: str, step: int | None = None
   return model, {"params": state.params, "batch_stats": state.batch_stats}, config
 
 
-def evaluate_workdir(workdir: str, step: int | None = None) -> dict[str, float]:
-  """Evaluates a checkpoint of ``workdir`` on the full eval split; prints and logs the result."""
+def evaluate_workdir(workdir: str, step: int | None = None, precise_bn_batches: int = 0
+                     ) -> dict[str, float]:
+  """Evaluates a checkpoint of ``workdir`` on the full eval split; prints and logs the result.
+
+  With ``precise_bn_batches``, BatchNorm statistics are first recomputed over that many
+  training batches (:func:`train.precise_batch_stats`); the results are then logged as
+  ``precise_bn_eval_*``, beside (not over) the running-average ones.
+  """
   from clu import metric_writers
 
   trainer = train.Trainer()
-  state, config, _ = _restore_state(workdir, step, trainer)
+  state, config, model = _restore_state(workdir, step, trainer)
   trainer.check_batch_size(config.batch_size)
   builder = input_pipeline.get_builder(config.dataset, config.data_dir)
+  spec = input_pipeline.get_spec(config.dataset)
+  if precise_bn_batches > 0:
+    batches = input_pipeline.train_batches(builder, spec, config.batch_size, config.seed,
+                                           shuffle_buffer=config.shuffle_buffer)
+    state = state.replace(batch_stats=train.precise_batch_stats(
+        trainer, model, state, batches, precise_bn_batches))
   _, p_eval = trainer.compile_steps(config, train.learning_rate_schedule(config, 1, 1))
-  result = train.evaluate(trainer, p_eval, state, builder, input_pipeline.get_spec(
-      config.dataset), config.batch_size)
+  result = train.evaluate(trainer, p_eval, state, builder, spec, config.batch_size)
   step = int(state.step)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  writer.write_scalars(step, result)
+  prefix = "precise_bn_" if precise_bn_batches > 0 else ""
+  writer.write_scalars(step, {prefix + k: v for k, v in result.items()})
   writer.flush()
+  if precise_bn_batches > 0:
+    print(f"BatchNorm statistics recomputed over {precise_bn_batches} training batches")
   print(f"step {step}: top-1 error {100 * result['eval_top1_error']:.2f}%, top-5 error "
         f"{100 * result['eval_top5_error']:.2f}%, loss {result['eval_loss']:.4f} over "
         f"{int(result['eval_examples'])} examples")

@@ -208,6 +208,27 @@ def evaluate(trainer: Trainer, p_eval: Callable, state: TrainState, builder: Any
           "eval_examples": count}
 
 
+def precise_batch_stats(trainer: Trainer, model: models._Network, state: TrainState,
+                        batches: Iterator[dict[str, np.ndarray]], num_batches: int) -> Any:
+  """BatchNorm statistics recomputed for the current weights ("precise BN", as in pycls):
+  every BN layer's mean and variance averaged over ``num_batches`` training batches, in place
+  of the running averages, which lag behind weights that change fast."""
+  per_batch = model.clone(bn_momentum=0.0)  # the "running" update is then the batch's own
+
+  @functools.partial(jax.jit, in_shardings=(trainer.replicated, trainer.data_sharding),
+                     out_shardings=trainer.replicated)
+  def stats(state, images):
+    _, updates = per_batch.apply({"params": state.params, "batch_stats": state.batch_stats},
+                                 images, train=True, mutable=["batch_stats"])
+    return updates["batch_stats"]
+
+  total = None
+  for _, batch in zip(range(num_batches), batches, strict=False):
+    s = stats(state, trainer.shard({"image": batch["image"]})["image"])
+    total = s if total is None else jax.tree.map(jnp.add, total, s)
+  return jax.tree.map(lambda t: t / num_batches, total)
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError with one clear line for a config that cannot run."""
   build_model(config, input_pipeline.get_spec(config.dataset).num_classes)  # bad model args

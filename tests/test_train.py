@@ -365,3 +365,37 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tfds_dir, tmp_path):
                      num_train_steps=saved[0] + 1, eval_every_steps=10**6))
   resumed = train.train_and_evaluate(config, str(workdir))
   assert int(resumed.step) == saved[0] + 1
+
+
+def test_precise_bn_is_the_mean_of_batch_statistics():
+  config = tiny_config(None)
+  model = train.build_model(config, 10)
+  trainer = train.Trainer(jax.devices()[:2])
+  schedule = train.learning_rate_schedule(config, 10, 10)
+  state = trainer.replicate(train.create_train_state(
+      model, train.create_optimizer(config, schedule), 0, 32))
+  rng = np.random.RandomState(0)
+  batches = [{"image": rng.randn(4, 32, 32, 3).astype(np.float32) + i} for i in range(2)]
+  stats = jax.device_get(train.precise_batch_stats(trainer, model, state, iter(batches), 2))
+  kernel = np.asarray(state.params["stem_conv"]["kernel"], np.float64)
+  moments = []
+  for b in batches:  # the stem convolution by hand, in float64
+    x = np.pad(b["image"].astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = sum(x[:, i:i + 32, j:j + 32, :] @ kernel[i, j] for i in range(3) for j in range(3))
+    moments.append((y.mean((0, 1, 2)), y.var((0, 1, 2))))
+  np.testing.assert_allclose(stats["stem_bn"]["mean"], (moments[0][0] + moments[1][0]) / 2,
+                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(stats["stem_bn"]["var"], (moments[0][1] + moments[1][1]) / 2,
+                             rtol=1e-4)
+  assert stats["stage3"]["blocks"]["regulator"]["bn_h"]["var"].shape == (1, 64)
+
+
+def test_eval_with_precise_bn_logs_beside_the_running_averages(reference_run, tmp_path, capsys):
+  copy = tmp_path / "run"
+  shutil.copytree(reference_run[0], copy)
+  result = evaluate.evaluate_workdir(str(copy), precise_bn_batches=2)
+  assert result["eval_examples"] == 200
+  assert "recomputed over 2 training batches" in capsys.readouterr().out
+  tags = scalars(str(copy))
+  assert tags["precise_bn_eval_top1_error"][STEPS] == pytest.approx(result["eval_top1_error"])
+  assert tags["eval_top1_error"] == scalars(reference_run[0])["eval_top1_error"]
