@@ -1,4 +1,5 @@
-"""Two processes on localhost (4 fake CPU devices each) train like one process with 8.
+"""Two processes on localhost (4 fake CPU devices each) train like one process with 8, and
+resume from the checkpoint they saved together.
 
 At a normal learning rate the two runs' first losses agree exactly and then drift apart
 (measured: 1e-5 relative at step 2, 4% by step 6): the cross-process gradient all-reduce
@@ -33,12 +34,12 @@ import jax
 assert jax.process_count() == 2 and len(jax.devices()) == 8 and len(jax.local_devices()) == 4
 from tests.test_multiprocess import config
 from regnet_jax import train
-train.train_and_evaluate(config(sys.argv[3]), sys.argv[4])
+train.train_and_evaluate(config(sys.argv[3], num_train_steps=int(sys.argv[5])), sys.argv[4])
 """
 
 
-def config(data_dir):
-  c = tiny_config(data_dir, **OVERRIDES)
+def config(data_dir, **overrides):
+  c = tiny_config(data_dir, **{**OVERRIDES, **overrides})
   c.model_args.depth = 8
   return c
 
@@ -55,15 +56,17 @@ def test_two_processes_train_like_one(tfds_dir, tmp_path):
   state = train.train_and_evaluate(config(tfds_dir), one)  # this process: 8 devices
   two = str(tmp_path / "two")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  address = f"localhost:{_free_port()}"
-  procs = [subprocess.Popen([sys.executable, "-c", _WORKER, address, str(i), tfds_dir, two],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
-  outs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outs, strict=True):
-    assert p.returncode == 0, err[-3000:]
-  # Only process 0 wrote events; both wrote one checkpoint together.
-  assert len([f for f in os.listdir(two) if f.startswith("events")]) == 1
+  for steps in (2, STEPS):  # the second job restores the first one's checkpoint, then trains on
+    address = f"localhost:{_free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, address, str(i), tfds_dir, two,
+                               str(steps)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+      assert p.returncode == 0, err[-3000:]
+  assert sorted(os.listdir(os.path.join(two, "checkpoints"))) == ["2", "4"]
+  # Only process 0 wrote events (one file per job); all processes wrote the checkpoints.
+  assert len([f for f in os.listdir(two) if f.startswith("events")]) == 2
   ref, got = scalars(one), scalars(two)
   assert sorted(ref["train_loss"]) == list(range(1, STEPS + 1))
   for tag in ("train_loss", "train_accuracy", "eval_top1_error", "eval_loss"):
