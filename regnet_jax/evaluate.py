@@ -55,8 +55,9 @@ def evaluate_workdir(workdir: str, step: int | None = None, precise_bn_batches: 
   if precise_bn_batches > 0:
     batches = input_pipeline.train_batches(builder, spec, config.batch_size, config.seed,
                                            shuffle_buffer=config.shuffle_buffer)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
     state = state.replace(batch_stats=train.precise_batch_stats(
-        trainer, model, state, batches, precise_bn_batches))
+        trainer, model, variables, batches, precise_bn_batches))
   _, p_eval = trainer.compile_steps(config, train.learning_rate_schedule(config, 1, 1))
   result = train.evaluate(trainer, p_eval, state, builder, spec, config.batch_size)
   step = int(state.step)

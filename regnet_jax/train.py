@@ -208,7 +208,7 @@ def evaluate(trainer: Trainer, p_eval: Callable, state: TrainState, builder: Any
           "eval_examples": count}
 
 
-def precise_batch_stats(trainer: Trainer, model: models._Network, state: TrainState,
+def precise_batch_stats(trainer: Trainer, model: models._Network, variables: dict[str, Any],
                         batches: Iterator[dict[str, np.ndarray]], num_batches: int) -> Any:
   """BatchNorm statistics recomputed for the current weights ("precise BN", as in pycls):
   every BN layer's mean and variance averaged over ``num_batches`` training batches, in place
@@ -217,14 +217,13 @@ def precise_batch_stats(trainer: Trainer, model: models._Network, state: TrainSt
 
   @functools.partial(jax.jit, in_shardings=(trainer.replicated, trainer.data_sharding),
                      out_shardings=trainer.replicated)
-  def stats(state, images):
-    _, updates = per_batch.apply({"params": state.params, "batch_stats": state.batch_stats},
-                                 images, train=True, mutable=["batch_stats"])
+  def stats(variables, images):
+    _, updates = per_batch.apply(variables, images, train=True, mutable=["batch_stats"])
     return updates["batch_stats"]
 
   total = None
   for _, batch in zip(range(num_batches), batches, strict=False):
-    s = stats(state, trainer.shard({"image": batch["image"]})["image"])
+    s = stats(variables, trainer.shard({"image": batch["image"]})["image"])
     total = s if total is None else jax.tree.map(jnp.add, total, s)
   return jax.tree.map(lambda t: t / num_batches, total)
 

@@ -48,7 +48,7 @@ def test_block_probe_last_block_is_the_test_accuracy(run, capsys):
   assert probe["blocks"] == [5, 6] and probe["step"] == STEPS  # depth 14: 3 stages of 2
   error = scalars(run)["eval_top1_error"][STEPS]
   assert probe["accuracy"][-1] == pytest.approx(1 - error, abs=1.5 / 200)  # <= 1 tie of 200
-  block_probe.main(["--workdirs", run, "--blocks", "1"])
+  block_probe.main(["--workdirs", run, "--blocks", "1", "--precise_bn", "2"])
   assert "| regnet20_gru | 6 | " in capsys.readouterr().out
   with pytest.raises(SystemExit, match="--blocks=3 must be between 1 and the 2 blocks of "
                      "regnet20_gru's last stage"):

@@ -376,7 +376,8 @@ def test_precise_bn_is_the_mean_of_batch_statistics():
       model, train.create_optimizer(config, schedule), 0, 32))
   rng = np.random.RandomState(0)
   batches = [{"image": rng.randn(4, 32, 32, 3).astype(np.float32) + i} for i in range(2)]
-  stats = jax.device_get(train.precise_batch_stats(trainer, model, state, iter(batches), 2))
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  stats = jax.device_get(train.precise_batch_stats(trainer, model, variables, iter(batches), 2))
   kernel = np.asarray(state.params["stem_conv"]["kernel"], np.float64)
   moments = []
   for b in batches:  # the stem convolution by hand, in float64

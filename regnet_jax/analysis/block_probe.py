@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regnet_jax import checkpoint, evaluate, input_pipeline
+from regnet_jax import checkpoint, evaluate, input_pipeline, train
 
 Array = jax.Array
 
@@ -54,9 +54,10 @@ def probe_counts(model: Any, variables: dict[str, Any], images: Array, labels: A
 
 
 def probe_workdir(workdir: str, last: int = 3, step: int | None = None,
-                  batch_size: int = 500) -> dict[str, Any]:
+                  batch_size: int = 500, precise_bn: int = 0) -> dict[str, Any]:
   """Runs :func:`probe_counts` over the whole test split of a workdir's dataset, for the last
-  ``last`` blocks (all in the last stage, whose width the FC takes).
+  ``last`` blocks (all in the last stage, whose width the FC takes). ``precise_bn``: first
+  recompute the BatchNorm statistics over that many training batches (see evaluate.py).
 
   Returns ``{'workdir', 'model', 'step', 'blocks': [global 1-based block numbers],
   'accuracy': [...]}``.
@@ -70,12 +71,18 @@ def probe_workdir(workdir: str, last: int = 3, step: int | None = None,
   if not 1 <= last <= in_last_stage:  # the FC only fits the last stage's width
     raise ValueError(f"--blocks={last} must be between 1 and the {in_last_stage} blocks of "
                      f"{config.model}'s last stage")
+  if precise_bn > 0:
+    batches = input_pipeline.train_batches(builder, spec, config.batch_size, config.seed,
+                                           shuffle_buffer=config.shuffle_buffer)
+    trainer = train.Trainer(jax.devices()[:1])
+    variables = dict(variables, batch_stats=train.precise_batch_stats(
+        trainer, model, variables, batches, precise_bn))
   run = jax.jit(lambda v, b: probe_counts(model, v, b["image"], b["label"], b["mask"], last))
   correct, seen = np.zeros(last), 0.0
   for batch in input_pipeline.eval_batches(builder, spec, batch_size):
     correct += np.asarray(run(variables, batch))
     seen += float(batch["mask"].sum())
-  return {"workdir": workdir, "model": config.model, "step": step,
+  return {"workdir": workdir, "model": config.model, "step": step, "precise_bn": precise_bn,
           "blocks": list(range(total_blocks - last + 1, total_blocks + 1)),
           "accuracy": (correct / seen).tolist()}
 
@@ -84,10 +91,13 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdirs", nargs="+", required=True)
   parser.add_argument("--blocks", type=int, default=3, help="probe this many last blocks")
+  parser.add_argument("--precise_bn", type=int, default=0,
+                      help="recompute BatchNorm statistics over this many training batches")
   parser.add_argument("--json", default=None, help="also write the results to this file")
   args = parser.parse_args(argv)
   try:
-    results = [probe_workdir(w, args.blocks) for w in args.workdirs]
+    results = [probe_workdir(w, args.blocks, precise_bn=args.precise_bn)
+               for w in args.workdirs]
   except (ValueError, FileNotFoundError, input_pipeline.DatasetNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
   blocks = results[0]["blocks"]
