@@ -86,7 +86,8 @@ def summarize(workdir: str) -> dict[str, Any]:
   spec = input_pipeline.get_spec(config.dataset)
   model = train.build_model(config, spec.num_classes)
   speeds = [v for _, v, _ in scalars.get("train_images_per_sec", [])[1:]]  # [0]: compiling
-  times = [t for series in scalars.values() for _, _, t in series]
+  times = [t for tag, series in scalars.items() if not tag.startswith("precise_bn_")
+           for _, _, t in series]  # the training run only, not later re-evaluations
   step, error, _ = scalars["eval_top1_error"][-1]
   precise = [e for s, e, _ in scalars.get("precise_bn_eval_top1_error", []) if s == step]
   name = label(config)
@@ -100,7 +101,7 @@ def summarize(workdir: str) -> dict[str, Any]:
       "params": summary.count_params(model, spec.image_size),
       "macs": summary.count_macs(model, spec.image_size),
       "train_img_s": statistics.median(speeds) if speeds else None,
-      "hours": (max(times) - min(times)) / 3600,
+      "hours": (max(times) - min(times)) / 3600,  # first to last event of the run
   }
 
 
