@@ -2,7 +2,10 @@
 against another framework, and times both train steps side by side.
 
     pip install -e ".[torch]"
-    python -m benchmarks.torch_peer --models resnet20 regnet20_gru regnet20_lstm --rounds 3
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.torch_peer --models resnet20 regnet20_gru
+
+(``OMP_WAIT_POLICY=PASSIVE``: otherwise PyTorch's idle OpenMP threads spin and slow the JAX
+steps alternating with them.)
 
 The PyTorch side is written from the paper, not from our code: each gate is the literal
 grouped 1x1 convolution (``groups=N`` over ``cat([x, h])``, so channels 2k and 2k+1 are
