@@ -131,8 +131,7 @@ class Checkpointer:
       if not jax.tree.leaves(saved):
         raise ValueError("its metadata lists no arrays")
     except Exception as e:  # any failure to read it: damaged
-      raise CorruptCheckpointError(f"checkpoint {step} in {self.directory} is unreadable "
-                                   f"({type(e).__name__}: {str(e)[:200]})") from None
+      raise self._unreadable(step, e) from None
     difference = first_difference(saved, template)
     if difference is not None:
       raise CheckpointMismatchError(
@@ -143,9 +142,12 @@ class Checkpointer:
     try:
       restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # tensorstore raises bare Exceptions
-      raise CorruptCheckpointError(f"checkpoint {step} in {self.directory} is unreadable "
-                                   f"({type(e).__name__}: {str(e)[:200]})") from None
+      raise self._unreadable(step, e) from None
     return serialization.from_state_dict(target, restored)
+
+  def _unreadable(self, step: int, error: Exception) -> CorruptCheckpointError:
+    return CorruptCheckpointError(f"checkpoint {step} in {self.directory} is unreadable "
+                                  f"({type(error).__name__}: {str(error)[:200]})")
 
   def restore_latest(self, target: Any, sharding: Any) -> Any | None:
     """The newest readable checkpoint restored like :meth:`restore`, or None if there is none.

@@ -37,6 +37,17 @@ def load_from_workdir(workdir: str, step: int | None = None
   return model, {"params": state.params, "batch_stats": state.batch_stats}, config
 
 
+def recompute_batch_stats(trainer: train.Trainer, model: Any, variables: dict[str, Any],
+                          config: ml_collections.ConfigDict, num_batches: int) -> Any:
+  """Precise BN for a run's model: :func:`train.precise_batch_stats` over ``num_batches`` of
+  the run's own training batches."""
+  spec = input_pipeline.get_spec(config.dataset)
+  builder = input_pipeline.get_builder(config.dataset, config.data_dir)
+  batches = input_pipeline.train_batches(builder, spec, config.batch_size, config.seed,
+                                         shuffle_buffer=config.shuffle_buffer)
+  return train.precise_batch_stats(trainer, model, variables, batches, num_batches)
+
+
 def evaluate_workdir(workdir: str, step: int | None = None, precise_bn_batches: int = 0
                      ) -> dict[str, float]:
   """Evaluates a checkpoint of ``workdir`` on the full eval split; prints and logs the result.
@@ -53,11 +64,9 @@ def evaluate_workdir(workdir: str, step: int | None = None, precise_bn_batches: 
   builder = input_pipeline.get_builder(config.dataset, config.data_dir)
   spec = input_pipeline.get_spec(config.dataset)
   if precise_bn_batches > 0:
-    batches = input_pipeline.train_batches(builder, spec, config.batch_size, config.seed,
-                                           shuffle_buffer=config.shuffle_buffer)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    state = state.replace(batch_stats=train.precise_batch_stats(
-        trainer, model, variables, batches, precise_bn_batches))
+    state = state.replace(batch_stats=recompute_batch_stats(trainer, model, variables, config,
+                                                            precise_bn_batches))
   _, p_eval = trainer.compile_steps(config, train.learning_rate_schedule(config, 1, 1))
   result = train.evaluate(trainer, p_eval, state, builder, spec, config.batch_size)
   step = int(state.step)

@@ -72,11 +72,8 @@ def probe_workdir(workdir: str, last: int = 3, step: int | None = None,
     raise ValueError(f"--blocks={last} must be between 1 and the {in_last_stage} blocks of "
                      f"{config.model}'s last stage")
   if precise_bn > 0:
-    batches = input_pipeline.train_batches(builder, spec, config.batch_size, config.seed,
-                                           shuffle_buffer=config.shuffle_buffer)
-    trainer = train.Trainer(jax.devices()[:1])
-    variables = dict(variables, batch_stats=train.precise_batch_stats(
-        trainer, model, variables, batches, precise_bn))
+    variables = dict(variables, batch_stats=evaluate.recompute_batch_stats(
+        train.Trainer(jax.devices()[:1]), model, variables, config, precise_bn))
   run = jax.jit(lambda v, b: probe_counts(model, v, b["image"], b["label"], b["mask"], last))
   correct, seen = np.zeros(last), 0.0
   for batch in input_pipeline.eval_batches(builder, spec, batch_size):
