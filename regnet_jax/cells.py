@@ -53,6 +53,39 @@ def _channel_pairs(a: Array, b: Array, pairing: str) -> tuple[Array, Array]:
   return z[..., 0::2], z[..., 1::2]
 
 
+def _shifted_taps(x: Array, kernel: Array) -> Array:
+  """``sum_{i,j} pad(x)[:, i:i+H, j:j+W] * kernel[i, j]``: nine shifted multiply-adds that XLA
+  fuses into one loop. ``x: [B, H, W, C]``, ``kernel: [3, 3, C]``; returns ``[B, H, W, C]``."""
+  h, w = x.shape[1], x.shape[2]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  taps = [xp[:, i:i + h, j:j + w, :] * kernel[i, j] for i in range(3) for j in range(3)]
+  return sum(taps[1:], taps[0])
+
+
+@jax.custom_vjp
+def _depthwise_elementwise(x: Array, kernel: Array) -> Array:
+  return _shifted_taps(x, kernel)
+
+
+def _depthwise_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+  return _shifted_taps(x, kernel), (x, kernel)
+
+
+def _depthwise_bwd(residuals: tuple[Array, Array], dy: Array) -> tuple[Array, Array]:
+  """Input gradient: the same nine taps over ``dy`` with the kernel flipped. Kernel gradient:
+  ``dk[i, j] = sum(pad(x)[:, i:i+H, j:j+W] * dy)``, written as ``sum(pad(x) * pad(dy, shifted))``
+  over the padded grid. Autodiff's form slices ``pad(x)``, and XLA:CPU materialises each of the
+  nine slices before its reduction; pads fuse into the reduction (see docs/performance.md)."""
+  x, kernel = residuals
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  dk = [jnp.sum(xp * jnp.pad(dy, ((0, 0), (i, 2 - i), (j, 2 - j), (0, 0))), axis=(0, 1, 2))
+        for i in range(3) for j in range(3)]
+  return _shifted_taps(dy, kernel[::-1, ::-1]), jnp.stack(dk).reshape(kernel.shape)
+
+
+_depthwise_elementwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
 def depthwise3x3(x: Array, kernel: Array, impl: str) -> Array:
   """3x3 depthwise convolution, stride 1, zero 'SAME' padding.
 
@@ -60,7 +93,8 @@ def depthwise3x3(x: Array, kernel: Array, impl: str) -> Array:
     x: ``[B, H, W, C]``.
     kernel: ``[3, 3, C]``.
     impl: ``'conv'`` (``lax.conv`` with ``feature_group_count=C``) or ``'elementwise'``
-      (nine shifted multiply-adds, which XLA fuses into one loop; faster on CPU).
+      (nine shifted multiply-adds fused into one loop, with a hand-written gradient; faster on
+      CPU).
   Returns:
     ``[B, H, W, C]``.
   """
@@ -68,10 +102,7 @@ def depthwise3x3(x: Array, kernel: Array, impl: str) -> Array:
     return jax.lax.conv_general_dilated(
         x, kernel[:, :, None, :], (1, 1), ((1, 1), (1, 1)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
-  h, w = x.shape[1], x.shape[2]
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  taps = [xp[:, i:i + h, j:j + w, :] * kernel[i, j] for i in range(3) for j in range(3)]
-  return sum(taps[1:], taps[0])
+  return _depthwise_elementwise(x, kernel)
 
 
 class GateConv(nn.Module):

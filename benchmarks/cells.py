@@ -1,0 +1,133 @@
+"""One regulator cell step, forward + backward, against a ResNet 3x3 convolution of its stage.
+
+    python -m benchmarks.cells --cells gru lstm --stages 1 2 3 --batch_size 128
+    python -m benchmarks.cells --cells gru --variants pairing=interleave impl=conv
+
+Each row times ``jax.grad`` of one :class:`regnet_jax.cells.ConvCell` step (gradients with
+respect to the input, the state and every parameter) at the shape of a CIFAR RegNet-20 stage
+(stage s: ``[B, 32/2^(s-1), 32/2^(s-1), 16*2^(s-1)]``), and the same for one dense N -> N 3x3
+convolution (what a ResNet basic block runs twice per block). The ``ratio`` column is the cell's
+time over the convolution's, measured alternately in one run: a RegNet-20 block adds one cell
+step to a ResNet block's two convolutions, so a ratio of 0.5 would add 25% per block.
+Median of timed calls after warm-up, each waited on with ``block_until_ready``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from benchmarks.throughput import _parse_value, print_table
+from regnet_jax import cells, host
+
+
+def stage_shape(stage: int, batch_size: int) -> tuple[int, int, int, int]:
+  """``[B, H, W, N]`` of stage ``stage`` (1-based) of a CIFAR ResNet/RegNet-20."""
+  size, width = 32 >> (stage - 1), 16 << (stage - 1)
+  return batch_size, size, size, width
+
+
+def _grad_fn(module: nn.Module, inputs: tuple, seed: int = 0):
+  """A jitted function of no arguments: every gradient of ``<module(*inputs), cotangent>``."""
+  variables = module.init(jax.random.PRNGKey(seed), *inputs)
+  out = jax.eval_shape(module.apply, variables, *inputs)
+  leaves = jax.tree.leaves(out)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  cotangents = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
+
+  def loss(variables, inputs):
+    outs = jax.tree.leaves(module.apply(variables, *inputs))
+    return sum(jnp.vdot(o, c) for o, c in zip(outs, cotangents, strict=True))
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  return lambda: grad(variables, inputs)
+
+
+class DenseConv(nn.Module):
+  """The ResNet reference: one N -> N 3x3 convolution, no bias."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)(x)
+
+
+def _inputs(cell: str, shape: tuple[int, ...]) -> tuple:
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(*shape).astype(np.float32))
+  state = tuple(jnp.asarray(rng.randn(*shape).astype(np.float32))
+                for _ in cells.initial_state(cell, x))
+  return x, state
+
+
+def benchmark_cells(cell_types: list[str], stages: list[int], variants: list[dict],
+                    batch_size: int, steps: int, warmup: int) -> list[dict]:
+  """Forward+backward milliseconds of each cell variant and of the stage's dense 3x3 conv.
+
+  All functions are compiled first; then ``steps`` rounds each call every function once in
+  turn (after ``warmup`` such rounds), so every row sees the same machine conditions.
+  """
+  fns, rows = [], []
+  for stage in stages:
+    shape = stage_shape(stage, batch_size)
+    x, _ = _inputs("rnn", shape)
+    fns.append(_grad_fn(DenseConv(shape[-1]), (x,)))
+    rows.append({"stage": stage, "shape": "x".join(map(str, shape)), "op": "dense3x3 conv",
+                 "variant": "-"})
+    for cell in cell_types:
+      for overrides in variants:
+        x, state = _inputs(cell, shape)
+        fns.append(_grad_fn(cells.ConvCell(shape[-1], cell, conv=overrides), (x, state)))
+        rows.append({"stage": stage, "shape": rows[-1]["shape"], "op": f"{cell} cell",
+                     "variant": ",".join(f"{k}={v}" for k, v in overrides.items()) or "default"})
+  times = [[] for _ in fns]
+  for r in range(warmup + steps):
+    for fn, t in zip(fns, times, strict=True):
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      if r >= warmup:
+        t.append(time.perf_counter() - start)
+  reference = {}
+  for row, t in zip(rows, times, strict=True):
+    row["fwd_bwd_ms"] = 1e3 * statistics.median(t)
+    reference.setdefault(row["stage"], row["fwd_bwd_ms"])
+    row["ratio"] = row["fwd_bwd_ms"] / reference[row["stage"]]
+  return rows
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--cells", nargs="*", default=list(cells.CELL_TYPES), choices=cells.CELL_TYPES)
+  parser.add_argument("--stages", nargs="*", type=int, default=[1, 2, 3])
+  parser.add_argument("--variants", nargs="*", default=[],
+                      help="GateConv overrides to compare with the default, e.g. impl=conv")
+  parser.add_argument("--batch_size", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--json", default=None, help="also write the rows to this file")
+  parser.add_argument("--no_hugepages", action="store_true",
+                      help="leave glibc's malloc as it is (see regnet_jax/host.py)")
+  args = parser.parse_args()
+  if not args.no_hugepages:
+    host.reexec_with_hugepages()
+  variants = [{}] + [{k: _parse_value(v)} for k, v in (s.split("=", 1) for s in args.variants)]
+  rows = benchmark_cells(args.cells, args.stages, variants, args.batch_size, args.steps,
+                         args.warmup)
+  print(f"# {jax.devices()[0].device_kind} x{len(jax.devices())}, jax {jax.__version__}, "
+        f"batch {args.batch_size}, float32")
+  print_table(rows)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
