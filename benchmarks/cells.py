@@ -42,12 +42,13 @@ def _grad_fn(module: nn.Module, inputs: tuple, seed: int = 0):
   keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
   cotangents = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
 
-  def loss(variables, inputs):
+  def loss(variables, inputs, cotangents):
     outs = jax.tree.leaves(module.apply(variables, *inputs))
     return sum(jnp.vdot(o, c) for o, c in zip(outs, cotangents, strict=True))
 
+  # Cotangents are arguments, not constants: XLA would constant-fold through them.
   grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  return lambda: grad(variables, inputs)
+  return lambda: grad(variables, inputs, cotangents)
 
 
 class DenseConv(nn.Module):
@@ -105,7 +106,8 @@ def benchmark_cells(cell_types: list[str], stages: list[int], variants: list[dic
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--cells", nargs="*", default=list(cells.CELL_TYPES), choices=cells.CELL_TYPES)
+  parser.add_argument("--cells", nargs="*", default=list(cells.CELL_TYPES),
+                      choices=cells.CELL_TYPES)
   parser.add_argument("--stages", nargs="*", type=int, default=[1, 2, 3])
   parser.add_argument("--variants", nargs="*", default=[],
                       help="GateConv overrides to compare with the default, e.g. impl=conv")

@@ -19,3 +19,14 @@ def test_value_parsing():
   assert throughput._parse_value("1") == 1
   assert throughput._parse_value("0.5") == 0.5
   assert throughput._parse_value("conv") == "conv"
+
+
+def test_cell_benchmark_rows():
+  from benchmarks import cells
+
+  assert cells.stage_shape(2, 8) == (8, 16, 16, 32)
+  rows = cells.benchmark_cells(["gru"], [3], [{}, {"pairing": "interleave"}], batch_size=2,
+                               steps=1, warmup=1)
+  assert [(r["op"], r["variant"]) for r in rows] == [
+      ("dense3x3 conv", "-"), ("gru cell", "default"), ("gru cell", "pairing=interleave")]
+  assert rows[0]["ratio"] == 1.0 and all(r["fwd_bwd_ms"] > 0 for r in rows)

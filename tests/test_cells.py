@@ -2,10 +2,9 @@
 
 import jax
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
-
-import jax.test_util
 
 from regnet_jax.cells import ConvCell, GateConv, depthwise3x3, initial_state
 
