@@ -94,3 +94,29 @@ def test_labels_name_the_table_variants():
   config.model_args.cell_conv = "light"
   config.model_args.regulated_stages = (2,)
   assert results.label(config) == "regnet20_gru stages 2"
+
+
+def _write_events(path, events):
+  """A TensorBoard event file of ``(tag, step, value, wall_time)`` scalars."""
+  import tensorflow as tf
+  from tensorboard.compat.proto import event_pb2, summary_pb2
+
+  with tf.io.TFRecordWriter(path) as writer:
+    for tag, step, value, wall_time in events:
+      summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag,
+                                                                     simple_value=value)])
+      writer.write(event_pb2.Event(wall_time=wall_time, step=step,
+                                   summary=summary).SerializeToString())
+
+
+def test_training_hours_sum_each_process_and_skip_gaps(tmp_path):
+  """A run interrupted and resumed: two event files. Hours count each process's span, not the
+  gap between them, nor a later precise-BN re-evaluation."""
+  _write_events(str(tmp_path / "events.out.tfevents.1.a"),
+                [("train_loss", 1, 2.0, 1000.0), ("train_loss", 2, 1.5, 1900.0)])
+  _write_events(str(tmp_path / "events.out.tfevents.2.b"),
+                [("train_loss", 2, 1.25, 5000.0), ("eval_top1_error", 3, 0.5, 5600.0),
+                 ("precise_bn_eval_top1_error", 3, 0.4, 9000.0)])
+  assert results.training_hours(str(tmp_path)) == pytest.approx((900 + 600) / 3600)
+  scalars = results.read_scalars(str(tmp_path))
+  assert scalars["train_loss"] == [(1, 2.0, 1000.0), (2, 1.25, 5000.0)]  # resumed value wins

@@ -42,26 +42,48 @@ PAPER_ERROR = {
 Scalars = dict[str, list[tuple[int, float, float]]]
 
 
-def read_scalars(workdir: str) -> Scalars:
-  """Every scalar of the workdir's event files: ``{tag: [(step, value, wall_time), ...]}``,
-  sorted by step; a step logged twice (a resumed run) keeps its last value."""
+def _read_events(path: str, tags: dict[str, dict[int, tuple[float, float]]]) -> list[float]:
+  """Adds one event file's scalars to ``tags`` (``{tag: {step: (value, wall_time)}}``) and
+  returns the wall times of its training-run events (not the later ``precise_bn_`` ones)."""
   import tensorflow as tf
   from tensorboard.compat.proto import event_pb2
 
+  times = []
+  for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+    event = event_pb2.Event.FromString(record)
+    for value in event.summary.value:
+      if value.HasField("tensor"):
+        array = tf.make_ndarray(value.tensor)
+        if array.size != 1 or array.dtype.kind not in "fiu":
+          continue  # hparams and text summaries
+        number = float(array.reshape(()))
+      else:
+        number = value.simple_value
+      tags.setdefault(value.tag, {})[event.step] = (number, event.wall_time)
+      if not value.tag.startswith("precise_bn_"):
+        times.append(event.wall_time)
+  return times
+
+
+def _event_files(workdir: str) -> list[str]:
+  return sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*")))
+
+
+def read_scalars(workdir: str) -> Scalars:
+  """Every scalar of the workdir's event files: ``{tag: [(step, value, wall_time), ...]}``,
+  sorted by step; a step logged twice (a resumed run) keeps its last value."""
   found: dict[str, dict[int, tuple[float, float]]] = {}
-  for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
-    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-      event = event_pb2.Event.FromString(record)
-      for value in event.summary.value:
-        if value.HasField("tensor"):
-          array = tf.make_ndarray(value.tensor)
-          if array.size != 1 or array.dtype.kind not in "fiu":
-            continue  # hparams and text summaries
-          number = float(array.reshape(()))
-        else:
-          number = value.simple_value
-        found.setdefault(value.tag, {})[event.step] = (number, event.wall_time)
+  for path in _event_files(workdir):
+    _read_events(path, found)
   return {tag: [(s, v, t) for s, (v, t) in sorted(steps.items())] for tag, steps in found.items()}
+
+
+def training_hours(workdir: str) -> float:
+  """Wall-clock hours of the training processes: each event file (one per process start) from
+  its first to its last training event, summed, so time between an interruption and the
+  resumed run is not counted."""
+  spans = [_read_events(path, {}) for path in _event_files(workdir)]
+  return sum(max(t) - min(t) for t in spans if t) / 3600
 
 
 def label(config: Any) -> str:
@@ -86,8 +108,6 @@ def summarize(workdir: str) -> dict[str, Any]:
   spec = input_pipeline.get_spec(config.dataset)
   model = train.build_model(config, spec.num_classes)
   speeds = [v for _, v, _ in scalars.get("train_images_per_sec", [])[1:]]  # [0]: compiling
-  times = [t for tag, series in scalars.items() if not tag.startswith("precise_bn_")
-           for _, _, t in series]  # the training run only, not later re-evaluations
   step, error, _ = scalars["eval_top1_error"][-1]
   precise = [e for s, e, _ in scalars.get("precise_bn_eval_top1_error", []) if s == step]
   name = label(config)
@@ -101,7 +121,7 @@ def summarize(workdir: str) -> dict[str, Any]:
       "params": summary.count_params(model, spec.image_size),
       "macs": summary.count_macs(model, spec.image_size),
       "train_img_s": statistics.median(speeds) if speeds else None,
-      "hours": (max(times) - min(times)) / 3600,  # first to last event of the run
+      "hours": training_hours(workdir),
   }
 
 
