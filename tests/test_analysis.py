@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from regnet_jax import checkpoint, evaluate, models, summary, train
-from regnet_jax.analysis import block_probe, feature_maps, results
+from regnet_jax.analysis import block_probe, bn_check, feature_maps, results
 from tests.test_train import STEPS, scalars, tiny_config
 
 
@@ -120,3 +120,31 @@ def test_training_hours_sum_each_process_and_skip_gaps(tmp_path):
   assert results.training_hours(str(tmp_path)) == pytest.approx((900 + 600) / 3600)
   scalars = results.read_scalars(str(tmp_path))
   assert scalars["train_loss"] == [(1, 2.0, 1000.0), (2, 1.25, 5000.0)]  # resumed value wins
+
+
+def test_bn_stats_comparison_exact():
+  running = {"a": {"bn": {"mean": np.array([0.0, 1.0]), "var": np.array([1e-13, 4.0])}}}
+  precise = {"a": {"bn": {"mean": np.array([0.003, 2.0]), "var": np.array([1e-13, 16.0])}}}
+  [row] = bn_check.compare_stats(running, precise, constant_var=1e-8, eps=0.0)
+  assert row["layer"] == "a/bn" and row["constant"] == 1 and row["channels"] == 2
+  assert row["max_shift"] == pytest.approx(0.003 / np.sqrt(1e-13))
+  assert row["max_std_ratio"] == pytest.approx(2.0)
+  mixed = bn_check.replace_constant_channels(running, precise, constant_var=1e-8)
+  np.testing.assert_array_equal(mixed["a"]["bn"]["mean"], [0.003, 1.0])
+  np.testing.assert_array_equal(mixed["a"]["bn"]["var"], [1e-13, 4.0])
+
+
+def test_bn_check_on_a_run(run, capsys):
+  """With no channel counted as constant the mixed statistics are the running ones; with every
+  channel counted, the precise ones: their test errors must match exactly."""
+  none = bn_check.check_workdir(run, batches=2, constant_var=0.0)
+  mixed = "running, constant channels precise"
+  assert none["test_error"][mixed] == none["test_error"]["running"]
+  assert none["step"] == STEPS and all(r["constant"] == 0 for r in none["layers"])
+  assert {r["layer"] for r in none["layers"]} >= {"stem_bn", "stage1/block0/regulator/bn_h"}
+  bn_check.main(["--workdir", run, "--batches", "2", "--all", "--constant_var", "inf"])
+  out = capsys.readouterr().out
+  assert "| stem_bn |" in out
+  errors = dict(line.removeprefix("test error with ").split(" statistics: ")
+                for line in out.splitlines() if line.startswith("test error"))
+  assert errors[mixed] == errors["precise"]
