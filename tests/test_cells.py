@@ -130,3 +130,18 @@ def test_initial_state_is_zero_with_input_shape():
   assert [s.shape for s in initial_state("lstm", x)] == [x.shape, x.shape]
   assert len(initial_state("gru", x)) == 1
   assert not np.any(initial_state("rnn", x)[0])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_concat_pairing_first_step_half_constant(cell):
+  """From the zero initial state, the literal concat pairing makes hidden channels >= N/2 a
+  function of the parameters only (their gate pairs read only the zero state): the
+  near-constant BN channels of docs/results.md. Interleave pairing has none."""
+  x1, x2 = _inputs(11)
+  for pairing, constant in (("concat", True), ("interleave", False)):
+    module = ConvCell(N, cell, conv={"pairing": pairing})
+    params = module.init(jax.random.PRNGKey(4), x1, initial_state(cell, x1))
+    h1, _ = module.apply(params, x1, initial_state(cell, x1))
+    h2, _ = module.apply(params, x2, initial_state(cell, x2))
+    assert np.allclose(h1[..., N // 2:], h2[..., N // 2:], atol=1e-6) == constant
+    assert not np.allclose(h1[..., : N // 2], h2[..., : N // 2])
