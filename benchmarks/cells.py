@@ -15,7 +15,6 @@ Median of timed calls after warm-up, each waited on with ``block_until_ready``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -24,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from benchmarks.throughput import _parse_value, print_table
+from benchmarks.throughput import parse_value, report
 from regnet_jax import cells, host
 
 
@@ -120,15 +119,10 @@ def main() -> None:
   args = parser.parse_args()
   if not args.no_hugepages:
     host.reexec_with_hugepages()
-  variants = [{}] + [{k: _parse_value(v)} for k, v in (s.split("=", 1) for s in args.variants)]
+  variants = [{}] + [{k: parse_value(v)} for k, v in (s.split("=", 1) for s in args.variants)]
   rows = benchmark_cells(args.cells, args.stages, variants, args.batch_size, args.steps,
                          args.warmup)
-  print(f"# {jax.devices()[0].device_kind} x{len(jax.devices())}, jax {jax.__version__}, "
-        f"batch {args.batch_size}, float32")
-  print_table(rows)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
+  report(rows, args.json, f"batch {args.batch_size}, float32")
 
 
 if __name__ == "__main__":

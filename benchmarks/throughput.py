@@ -28,7 +28,7 @@ import optax
 from regnet_jax import host, models, train
 
 
-def _parse_value(text: str):
+def parse_value(text: str):
   for cast in (int, float):
     try:
       return cast(text)
@@ -130,6 +130,16 @@ def print_table(rows: list[dict]) -> None:
     print("| " + " | ".join(fmt(r[k]).ljust(w) for k, w in zip(keys, widths, strict=True)) + " |")
 
 
+def report(rows: list[dict], json_path: str | None, details: str = "") -> None:
+  """Prints the machine line and the table of ``rows``; also writes them to ``json_path``."""
+  print(f"# {jax.devices()[0].device_kind} x{len(jax.devices())}, jax {jax.__version__}"
+        + (f", {details}" if details else ""))
+  print_table(rows)
+  if json_path:
+    with open(json_path, "w") as f:
+      json.dump(rows, f, indent=2)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--models", nargs="*", default=["resnet20", "regnet20_gru"])
@@ -154,17 +164,13 @@ def main() -> None:
   if args.pipeline:
     rows.append(benchmark_pipeline(args.pipeline, args.data_dir, args.batch_size, 50))
   else:
-    variants = [{}] + [{k: _parse_value(v)} for k, v in (s.split("=", 1) for s in args.variants)]
+    variants = [{}] + [{k: parse_value(v)} for k, v in (s.split("=", 1) for s in args.variants)]
     for _ in range(args.rounds):
       for name in args.models:
         for overrides in variants:
           rows.append(benchmark_model(name, overrides, args.batch_size, args.dtype,
                                       args.devices, args.steps, args.warmup))
-  print(f"# {jax.devices()[0].device_kind} x{len(jax.devices())}, jax {jax.__version__}")
-  print_table(rows)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
+  report(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ def test_pipeline_benchmark(tfds_dir):
 
 
 def test_value_parsing():
-  assert throughput._parse_value("1") == 1
-  assert throughput._parse_value("0.5") == 0.5
-  assert throughput._parse_value("conv") == "conv"
+  assert throughput.parse_value("1") == 1
+  assert throughput.parse_value("0.5") == 0.5
+  assert throughput.parse_value("conv") == "conv"
 
 
 def test_cell_benchmark_rows():
