@@ -3,6 +3,7 @@
     python benchmarks/throughput.py --models resnet20 regnet20_gru --batch_size 128
     python benchmarks/throughput.py --models regnet20_gru --variants cell_impl=conv scan_unroll=1
     python benchmarks/throughput.py --pipeline cifar10 --data_dir DIR   # input pipeline alone
+    python benchmarks/throughput.py --resident 1 100 --models resnet20 --batch_size 64
 
 Images/s are the median over timed steps after warm-up (each step waited on with
 ``block_until_ready``), on synthetic batches already on the devices, so the numbers are the
@@ -14,6 +15,7 @@ as ratios on a noisy machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -25,7 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from regnet_jax import host, models, train
+from regnet_jax import datasets, host, models, summary, train_steps
 
 
 def parse_value(text: str):
@@ -59,8 +61,12 @@ def _time_steps(fn, steps: int, warmup: int) -> tuple[list[float], float]:
 
 
 def benchmark_model(name: str, overrides: dict, batch_size: int, dtype: str, num_devices: int,
-                    steps: int, warmup: int) -> dict:
-  """Train and eval images/s, compile seconds and peak memory of one model variant."""
+                    steps: int, warmup: int, peak_tflops: float | None = None) -> dict:
+  """Train and eval images/s, compile seconds and peak memory of one model variant.
+
+  ``train_tflop_s`` is the model's conventional arithmetic, 6 FLOPs per forward MAC per image
+  (forward, and twice that for the backward pass), at the measured train rate; ``mfu_pct`` is
+  that as a share of ``peak_tflops`` (the model FLOP utilisation), when given."""
   spec = models.get_spec(name)
   size = spec.image_size
   model = models.create_model(name, 10 if size == 32 else 1000,
@@ -69,10 +75,10 @@ def benchmark_model(name: str, overrides: dict, batch_size: int, dtype: str, num
   config = ml_collections.ConfigDict(dict(label_smoothing=0.0, weight_decay=1e-4, momentum=0.9,
                                           nesterov=False))
   schedule = optax.constant_schedule(0.1)
-  trainer = train.Trainer(jax.devices()[:num_devices])
+  trainer = train_steps.Trainer(jax.devices()[:num_devices])
   trainer.check_batch_size(batch_size)
-  state = trainer.replicate(train.create_train_state(
-      model, train.create_optimizer(config, schedule), 0, size))
+  state = trainer.replicate(train_steps.create_train_state(
+      model, train_steps.create_optimizer(config, schedule), 0, size))
   rng = np.random.RandomState(0)
   batch = trainer.shard({
       "image": rng.randn(batch_size, size, size, 3).astype(np.float32),
@@ -91,14 +97,58 @@ def benchmark_model(name: str, overrides: dict, batch_size: int, dtype: str, num
 
   train_times, train_faults = _time_steps(step, steps, warmup)
   eval_times, _ = _time_steps(lambda: p_eval(holder[0], batch), steps, warmup)
+  train_img_s = batch_size / statistics.median(train_times)
+  tflop_s = 6 * summary.count_macs(model.clone(dtype=jnp.float32), size) * train_img_s / 1e12
   return {
       "model": name, "variant": ",".join(f"{k}={v}" for k, v in overrides.items()) or "default",
       "batch": batch_size, "dtype": dtype, "devices": num_devices,
-      "train_img_s": batch_size / statistics.median(train_times),
+      "train_img_s": train_img_s,
       "eval_img_s": batch_size / statistics.median(eval_times),
+      "train_tflop_s": tflop_s,
+      **({"mfu_pct": 100 * tflop_s / peak_tflops} if peak_tflops else {}),
       "compile_s": compile_s, "peak_mem_mb": _peak_memory_mb(),
       "page_faults_per_step": train_faults,
   }
+
+
+def benchmark_resident(name: str, batch_size: int, steps_per_call: int, calls: int,
+                       num_devices: int) -> dict:
+  """Train images/s of the device-resident CIFAR path (``regnet_jax.resident``): augmentation
+  and ``steps_per_call`` train steps per jitted call, on uint8 images already on the devices.
+  The median over ``calls`` timed calls after one warm-up call."""
+  from regnet_jax import resident
+
+  config = ml_collections.ConfigDict(dict(label_smoothing=0.0, weight_decay=1e-4, momentum=0.9,
+                                          nesterov=False))
+  trainer = train_steps.Trainer(jax.devices()[:num_devices])
+  trainer.check_batch_size(batch_size)
+  schedule = optax.constant_schedule(0.1)
+  state = trainer.replicate(train_steps.create_train_state(
+      models.create_model(name, 10), train_steps.create_optimizer(config, schedule), 0, 32))
+  rng = np.random.RandomState(0)
+  images, labels = trainer.replicate((rng.randint(0, 256, (50_000, 32, 32, 3), np.uint8),
+                                      rng.randint(0, 10, 50_000).astype(np.int32)))
+  step_fn = functools.partial(train_steps.train_step, label_smoothing=0.0, schedule=schedule)
+  run = resident.make_steps_fn(trainer, datasets.get_spec("cifar10"), step_fn,
+                               scan=steps_per_call > 1)
+  order, keys = resident.epoch_order(0, 0, 50_000, steps_per_call, batch_size)
+  if steps_per_call == 1:
+    order, keys = order[0], keys[0]
+  holder = [state]
+
+  def call():
+    holder[0], metrics = run(holder[0], images, labels, order, keys)
+    return metrics
+
+  start = time.perf_counter()
+  jax.block_until_ready(call())
+  compile_s = time.perf_counter() - start
+  times, _ = _time_steps(call, calls, 0)
+  return {"model": name, "batch": batch_size, "steps_per_call": steps_per_call,
+          "devices": num_devices,
+          "train_img_s": steps_per_call * batch_size / statistics.median(times),
+          "ms_per_step": 1000 * statistics.median(times) / steps_per_call,
+          "first_call_s": compile_s}
 
 
 def benchmark_pipeline(dataset: str, data_dir: str | None, batch_size: int,
@@ -106,9 +156,9 @@ def benchmark_pipeline(dataset: str, data_dir: str | None, batch_size: int,
   """Images/s of the training input pipeline alone, from tfds to device-ready batches."""
   from regnet_jax import input_pipeline
 
-  spec = input_pipeline.get_spec(dataset)
+  spec = datasets.get_spec(dataset)
   builder = input_pipeline.get_builder(dataset, data_dir)
-  trainer = train.Trainer()
+  trainer = train_steps.Trainer()
   it = trainer.prefetch(input_pipeline.train_batches(builder, spec, batch_size, seed=0), 2)
   jax.block_until_ready(next(it))  # start-up: file open, shuffle buffer fill
   start = time.perf_counter()
@@ -153,7 +203,11 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=1, help="alternate all variants this often")
   parser.add_argument("--pipeline", default=None, help="benchmark this dataset's pipeline")
   parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--resident", type=int, nargs="*", default=None, metavar="STEPS_PER_CALL",
+                      help="benchmark the device-resident CIFAR path with these steps per call")
   parser.add_argument("--json", default=None, help="also write the rows to this file")
+  parser.add_argument("--peak_tflops", type=float, default=None,
+                      help="the devices' peak TFLOP/s in --dtype, for the MFU column")
   parser.add_argument("--no_hugepages", action="store_true",
                       help="leave glibc's malloc as it is (see regnet_jax/host.py)")
   args = parser.parse_args()
@@ -163,13 +217,20 @@ def main() -> None:
   rows = []
   if args.pipeline:
     rows.append(benchmark_pipeline(args.pipeline, args.data_dir, args.batch_size, 50))
+  elif args.resident:
+    for _ in range(args.rounds):
+      for name in args.models:
+        for steps_per_call in args.resident:
+          rows.append(benchmark_resident(name, args.batch_size, steps_per_call,
+                                         max(args.steps // steps_per_call, 1), args.devices))
   else:
     variants = [{}] + [{k: parse_value(v)} for k, v in (s.split("=", 1) for s in args.variants)]
     for _ in range(args.rounds):
       for name in args.models:
         for overrides in variants:
           rows.append(benchmark_model(name, overrides, args.batch_size, args.dtype,
-                                      args.devices, args.steps, args.warmup))
+                                      args.devices, args.steps, args.warmup,
+                                      args.peak_tflops))
   report(rows, args.json)
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from regnet_jax import host, models, train
+from regnet_jax import host, models, train_steps
 
 GATES = {"rnn": ("h",), "gru": ("z", "r", "h"), "lstm": ("i", "f", "o", "g")}
 
@@ -197,9 +197,9 @@ def side_by_side(name: str, batch_size: int, steps: int, rounds: int) -> dict[st
   config = ml_collections.ConfigDict(dict(label_smoothing=0.0, weight_decay=1e-4, momentum=0.9,
                                           nesterov=False))
   schedule = optax.constant_schedule(0.1)
-  trainer = train.Trainer(jax.devices()[:1])
-  state = trainer.replicate(train.create_train_state(
-      model, train.create_optimizer(config, schedule), 0, 32))
+  trainer = train_steps.Trainer(jax.devices()[:1])
+  state = trainer.replicate(train_steps.create_train_state(
+      model, train_steps.create_optimizer(config, schedule), 0, 32))
   rng = np.random.RandomState(0)
   images = rng.randn(batch_size, 32, 32, 3).astype(np.float32)
   labels = rng.randint(0, 10, batch_size).astype(np.int32)

@@ -11,17 +11,17 @@ from typing import Any
 import jax
 import ml_collections
 
-from regnet_jax import checkpoint, input_pipeline, train
+from regnet_jax import checkpoint, datasets, input_pipeline, train, train_steps
 
 
-def _restore_state(workdir: str, step: int | None, trainer: train.Trainer
-                   ) -> tuple[train.TrainState, ml_collections.ConfigDict, Any]:
+def _restore_state(workdir: str, step: int | None, trainer: train_steps.Trainer
+                   ) -> tuple[train_steps.TrainState, ml_collections.ConfigDict, Any]:
   config = checkpoint.read_config(workdir)
-  spec = input_pipeline.get_spec(config.dataset)
-  model = train.build_model(config, spec.num_classes)
-  schedule = train.learning_rate_schedule(config, 1, 1)
-  state = train.create_train_state(model, train.create_optimizer(config, schedule), config.seed,
-                                   spec.image_size)
+  spec = datasets.get_spec(config.dataset)
+  model = train_steps.build_model(config, spec.num_classes)
+  schedule = train_steps.learning_rate_schedule(config, 1, 1)
+  state = train_steps.create_train_state(
+      model, train_steps.create_optimizer(config, schedule), config.seed, spec.image_size)
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints, create=False)
   step = ckpt.latest_step() if step is None else step
   if step is None:
@@ -33,15 +33,15 @@ def _restore_state(workdir: str, step: int | None, trainer: train.Trainer
 def load_from_workdir(workdir: str, step: int | None = None
                       ) -> tuple[Any, dict[str, Any], ml_collections.ConfigDict]:
   """The model, its variables (``params`` and ``batch_stats``) and the run's config."""
-  state, config, model = _restore_state(workdir, step, train.Trainer(jax.devices()[:1]))
+  state, config, model = _restore_state(workdir, step, train_steps.Trainer(jax.devices()[:1]))
   return model, {"params": state.params, "batch_stats": state.batch_stats}, config
 
 
-def recompute_batch_stats(trainer: train.Trainer, model: Any, variables: dict[str, Any],
+def recompute_batch_stats(trainer: train_steps.Trainer, model: Any, variables: dict[str, Any],
                           config: ml_collections.ConfigDict, num_batches: int) -> Any:
   """Precise BN for a run's model: :func:`train.precise_batch_stats` over ``num_batches`` of
   the run's own training batches."""
-  spec = input_pipeline.get_spec(config.dataset)
+  spec = datasets.get_spec(config.dataset)
   builder = input_pipeline.get_builder(config.dataset, config.data_dir)
   batches = input_pipeline.train_batches(builder, spec, config.batch_size, config.seed,
                                          shuffle_buffer=config.shuffle_buffer)
@@ -58,16 +58,16 @@ def evaluate_workdir(workdir: str, step: int | None = None, precise_bn_batches: 
   """
   from clu import metric_writers
 
-  trainer = train.Trainer()
+  trainer = train_steps.Trainer()
   state, config, model = _restore_state(workdir, step, trainer)
   trainer.check_batch_size(config.batch_size)
   builder = input_pipeline.get_builder(config.dataset, config.data_dir)
-  spec = input_pipeline.get_spec(config.dataset)
+  spec = datasets.get_spec(config.dataset)
   if precise_bn_batches > 0:
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     state = state.replace(batch_stats=recompute_batch_stats(trainer, model, variables, config,
                                                             precise_bn_batches))
-  _, p_eval = trainer.compile_steps(config, train.learning_rate_schedule(config, 1, 1))
+  _, p_eval = trainer.compile_steps(config, train_steps.learning_rate_schedule(config, 1, 1))
   result = train.evaluate(trainer, p_eval, state, builder, spec, config.batch_size)
   step = int(state.step)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regnet_jax import checkpoint, evaluate, models, summary, train
+from regnet_jax import checkpoint, evaluate, models, summary, train, train_steps
 from regnet_jax.analysis import block_probe, bn_check, feature_maps, results
 from tests.test_train import STEPS, scalars, tiny_config
 
@@ -75,7 +75,7 @@ def test_results_table_and_figures(run, tmp_path, capsys):
   for tag in ("train_loss", "eval_top1_error", "learning_rate"):
     assert {s: v for s, v, _ in ours[tag]} == pytest.approx(reference[tag], rel=1e-7)
   row = results.summarize(run)
-  model = train.build_model(checkpoint.read_config(run), 10)
+  model = train_steps.build_model(checkpoint.read_config(run), 10)
   assert row["label"] == "regnet20_gru" and row["paper_error"] == 7.42
   assert row["params"] == summary.count_params(model, 32)
   assert row["test_error"] == pytest.approx(100 * reference["eval_top1_error"][STEPS])

@@ -1,13 +1,28 @@
 """The benchmark harness runs and reports sane fields (numbers are never asserted)."""
 
+import pytest
+
 from benchmarks import throughput
 
 
 def test_model_benchmark_fields():
+  from regnet_jax import models, summary
+
   row = throughput.benchmark_model("regnet20_gru", {"depth": 8}, batch_size=8,
-                                   dtype="float32", num_devices=2, steps=1, warmup=1)
+                                   dtype="float32", num_devices=2, steps=1, warmup=1,
+                                   peak_tflops=2.0)
   assert row["variant"] == "depth=8" and row["devices"] == 2
   assert row["train_img_s"] > 0 and row["eval_img_s"] > 0 and row["compile_s"] > 0
+  macs = summary.count_macs(models.create_model("regnet20_gru", 10, depth=8), 32)
+  assert row["train_tflop_s"] == pytest.approx(6 * macs * row["train_img_s"] / 1e12)
+  assert row["mfu_pct"] == pytest.approx(50 * row["train_tflop_s"])
+
+
+def test_resident_benchmark_fields():
+  row = throughput.benchmark_resident("resnet20", batch_size=8, steps_per_call=1, calls=1,
+                                      num_devices=1)
+  assert row["steps_per_call"] == 1 and row["train_img_s"] > 0
+  assert row["ms_per_step"] == pytest.approx(8000 / row["train_img_s"])
 
 
 def test_pipeline_benchmark(tfds_dir):

@@ -11,10 +11,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from regnet_jax import datasets
 from regnet_jax import input_pipeline as ip
 
-CIFAR = ip.get_spec("cifar10")
-NETTE = ip.get_spec("imagenette")
+CIFAR = datasets.get_spec("cifar10")
+NETTE = datasets.get_spec("imagenette")
 
 
 def test_import_keeps_every_pixel(tfds_dir):
@@ -200,7 +201,7 @@ def corrupt_tfds_dir(tmp_path_factory):
 
 
 def test_undecodable_image_is_named_or_skipped(corrupt_tfds_dir):
-  spec = ip.get_spec("imagenette")
+  spec = datasets.get_spec("imagenette")
   builder = ip.get_builder("imagenette", corrupt_tfds_dir)
   # Independently: the one record of the split whose image does not decode.
   bad = []

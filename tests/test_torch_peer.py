@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from benchmarks import torch_peer  # noqa: E402
-from regnet_jax import models, train  # noqa: E402
+from regnet_jax import models, train_steps  # noqa: E402
 
 
 def _trained_variables(name, x):
@@ -54,7 +54,7 @@ def test_logits_and_train_loss_match_pytorch(name):
     v64 = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
     logits, updates = jax.jit(lambda v: model64.apply(v, x.astype(np.float64), train=True,
                                                       mutable=["batch_stats"]))(v64)
-    ours_loss = float(train.cross_entropy(logits, labels, 10, 0.0).mean())
+    ours_loss = float(train_steps.cross_entropy(logits, labels, 10, 0.0).mean())
     theirs_loss = float(torch.nn.functional.cross_entropy(net(xt.double()),
                                                           torch.from_numpy(labels)))
   assert ours_loss == pytest.approx(theirs_loss, rel=1e-7)

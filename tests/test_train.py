@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from configs import cifar, default
-from regnet_jax import checkpoint, evaluate, input_pipeline, train
+from regnet_jax import checkpoint, evaluate, input_pipeline, train, train_steps
 from tests.conftest import REPO
 
 STEPS = 6
@@ -79,16 +79,16 @@ def test_events_checkpoints_and_eval_in_a_new_process(reference_run):
 def test_one_step_on_one_device_equals_eight():
   """One step of RegNet-20 from the same state and batch: same update on 1 and 8 devices."""
   config = tiny_config(None)
-  schedule = train.learning_rate_schedule(config, 10, 10)
-  model = train.build_model(config, 10)
-  state = jax.device_get(train.create_train_state(
-      model, train.create_optimizer(config, schedule), 0, 32))
+  schedule = train_steps.learning_rate_schedule(config, 10, 10)
+  model = train_steps.build_model(config, 10)
+  state = jax.device_get(train_steps.create_train_state(
+      model, train_steps.create_optimizer(config, schedule), 0, 32))
   rng = np.random.RandomState(0)
   batch = {"image": rng.randn(16, 32, 32, 3).astype(np.float32),
            "label": rng.randint(0, 10, 16).astype(np.int32)}
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
-    trainer = train.Trainer(devices)
+    trainer = train_steps.Trainer(devices)
     p_train, _ = trainer.compile_steps(config, schedule)
     new, metrics = p_train(trainer.replicate(state), trainer.shard(batch))
     results.append(jax.device_get((new.params, new.batch_stats, metrics["train_loss"])))
@@ -146,11 +146,11 @@ def test_load_from_workdir_for_inference(reference_run):
 
 
 def test_weight_decay_mask_skips_norms_and_biases():
-  model = train.build_model(tiny_config(None), 10)
+  model = train_steps.build_model(tiny_config(None), 10)
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)),
                                              train=False))["params"]
   mask = {jax.tree_util.keystr(k): v for k, v in
-          jax.tree_util.tree_leaves_with_path(train.weight_decay_mask(params))}
+          jax.tree_util.tree_leaves_with_path(train_steps.weight_decay_mask(params))}
   assert mask["['stage2']['blocks']['conv1']['kernel']"]  # scanned, stacked kernel
   assert mask["['stage2']['cell']['zr']['pointwise']"]
   assert not mask["['stage2']['cell']['zr']['bias']"]
@@ -162,19 +162,19 @@ def test_weight_decay_mask_skips_norms_and_biases():
 
 def test_learning_rate_schedules():
   config = tiny_config(None, learning_rate=0.1, lr_boundaries=(2.0, 3.0))
-  step = train.learning_rate_schedule(config, steps_per_epoch=10, num_steps=50)
+  step = train_steps.learning_rate_schedule(config, steps_per_epoch=10, num_steps=50)
   assert [float(step(s)) for s in (0, 19, 20, 29, 30)] == pytest.approx(
       [0.1, 0.1, 0.01, 0.01, 0.001])
   config.update(dict(lr_schedule="cosine", warmup_epochs=1.0))
-  cos = train.learning_rate_schedule(config, steps_per_epoch=10, num_steps=50)
+  cos = train_steps.learning_rate_schedule(config, steps_per_epoch=10, num_steps=50)
   assert [float(cos(s)) for s in (0, 5, 10, 30, 50)] == pytest.approx(
       [0.0, 0.05, 0.1, 0.05, 0.0], abs=1e-6)
 
 
 def test_label_smoothing_loss():
   logits = np.log(np.array([[0.7, 0.2, 0.1]], np.float32))
-  plain = float(train.cross_entropy(logits, np.array([0]), 3)[0])
-  smooth = float(train.cross_entropy(logits, np.array([0]), 3, smoothing=0.3)[0])
+  plain = float(train_steps.cross_entropy(logits, np.array([0]), 3)[0])
+  smooth = float(train_steps.cross_entropy(logits, np.array([0]), 3, smoothing=0.3)[0])
   assert plain == pytest.approx(-np.log(0.7), rel=1e-5)
   want = -(0.8 * np.log(0.7) + 0.1 * np.log(0.2) + 0.1 * np.log(0.1))
   assert smooth == pytest.approx(want, rel=1e-5)
@@ -309,12 +309,12 @@ def test_cli_reports_bad_input_in_one_line(tfds_dir, tmp_path):
 
 def test_half_precision_step_keeps_float32_state():
   config = tiny_config(None, half_precision=True)
-  schedule = train.learning_rate_schedule(config, 10, 10)
-  model = train.build_model(config, 10)
+  schedule = train_steps.learning_rate_schedule(config, 10, 10)
+  model = train_steps.build_model(config, 10)
   assert model.dtype == jax.numpy.bfloat16
-  trainer = train.Trainer(jax.devices()[:2])
-  state = trainer.replicate(train.create_train_state(
-      model, train.create_optimizer(config, schedule), 0, 32))
+  trainer = train_steps.Trainer(jax.devices()[:2])
+  state = trainer.replicate(train_steps.create_train_state(
+      model, train_steps.create_optimizer(config, schedule), 0, 32))
   rng = np.random.RandomState(0)
   batch = trainer.shard({"image": rng.randn(4, 32, 32, 3).astype(np.float32),
                          "label": rng.randint(0, 10, 4).astype(np.int32)})
@@ -334,10 +334,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tfds_dir, tmp_
   kept = ckpt.manager.all_steps()
   assert kept and max(kept) < STEPS
   assert not [d for d in os.listdir(tmp_path / "checkpoints") if "tmp" in d]  # all complete
-  model = train.build_model(config, 10)
-  state = train.create_train_state(model, train.create_optimizer(
-      config, train.learning_rate_schedule(config, 10, 10)), 0, 32)
-  restored = ckpt.restore(max(kept), state, train.Trainer(jax.devices()[:1]).replicated)
+  model = train_steps.build_model(config, 10)
+  state = train_steps.create_train_state(model, train_steps.create_optimizer(
+      config, train_steps.learning_rate_schedule(config, 10, 10)), 0, 32)
+  restored = ckpt.restore(max(kept), state, train_steps.Trainer(jax.devices()[:1]).replicated)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.params))
 
 
@@ -359,7 +359,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tfds_dir, tmp_path):
   assert proc.wait(timeout=120) == 0, out[-3000:]
   assert "Stopped by SIGTERM at step" in out
   saved = sorted(int(s) for s in os.listdir(workdir / "checkpoints"))
-  assert len(saved) == 1 and saved[0] >= 3
+  assert len(saved) == 1 and saved[0] >= 3, (saved, out[-3000:])
   config = cifar.get_config("resnet20")  # the command's config, one step further
   config.update(dict(data_dir=tfds_dir, batch_size=16, shuffle_buffer=512,
                      num_train_steps=saved[0] + 1, eval_every_steps=10**6))
@@ -369,11 +369,11 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tfds_dir, tmp_path):
 
 def test_precise_bn_is_the_mean_of_batch_statistics():
   config = tiny_config(None)
-  model = train.build_model(config, 10)
-  trainer = train.Trainer(jax.devices()[:2])
-  schedule = train.learning_rate_schedule(config, 10, 10)
-  state = trainer.replicate(train.create_train_state(
-      model, train.create_optimizer(config, schedule), 0, 32))
+  model = train_steps.build_model(config, 10)
+  trainer = train_steps.Trainer(jax.devices()[:2])
+  schedule = train_steps.learning_rate_schedule(config, 10, 10)
+  state = trainer.replicate(train_steps.create_train_state(
+      model, train_steps.create_optimizer(config, schedule), 0, 32))
   rng = np.random.RandomState(0)
   batches = [{"image": rng.randn(4, 32, 32, 3).astype(np.float32) + i} for i in range(2)]
   variables = {"params": state.params, "batch_stats": state.batch_stats}

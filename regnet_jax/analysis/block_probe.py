@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regnet_jax import checkpoint, evaluate, input_pipeline, train
+from regnet_jax import checkpoint, datasets, evaluate, input_pipeline, train_steps
 
 Array = jax.Array
 
@@ -65,7 +65,7 @@ def probe_workdir(workdir: str, last: int = 3, step: int | None = None,
   model, variables, config = evaluate.load_from_workdir(workdir, step)
   if step is None:
     step = checkpoint.Checkpointer(workdir, create=False).latest_step()
-  spec = input_pipeline.get_spec(config.dataset)
+  spec = datasets.get_spec(config.dataset)
   builder = input_pipeline.get_builder(config.dataset, config.data_dir)
   total_blocks, in_last_stage = sum(model.stage_sizes), model.stage_sizes[-1]
   if not 1 <= last <= in_last_stage:  # the FC only fits the last stage's width
@@ -73,7 +73,7 @@ def probe_workdir(workdir: str, last: int = 3, step: int | None = None,
                      f"{config.model}'s last stage")
   if precise_bn > 0:
     variables = dict(variables, batch_stats=evaluate.recompute_batch_stats(
-        train.Trainer(jax.devices()[:1]), model, variables, config, precise_bn))
+        train_steps.Trainer(jax.devices()[:1]), model, variables, config, precise_bn))
   run = jax.jit(lambda v, b: probe_counts(model, v, b["image"], b["label"], b["mask"], last))
   correct, seen = np.zeros(last), 0.0
   for batch in input_pipeline.eval_batches(builder, spec, batch_size):

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from regnet_jax import evaluate, input_pipeline, train
+from regnet_jax import datasets, evaluate, input_pipeline, train, train_steps
 
 
 def compare_stats(running: Any, precise: Any, constant_var: float, eps: float = 1e-5
@@ -59,13 +59,13 @@ def replace_constant_channels(running: Any, precise: Any, constant_var: float) -
 def check_workdir(workdir: str, step: int | None = None, batches: int = 20,
                   constant_var: float = 1e-8) -> dict[str, Any]:
   """The per-layer comparison and the three test errors for a checkpoint of ``workdir``."""
-  trainer = train.Trainer()
+  trainer = train_steps.Trainer()
   state, config, model = evaluate._restore_state(workdir, step, trainer)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   precise = evaluate.recompute_batch_stats(trainer, model, variables, config, batches)
   builder = input_pipeline.get_builder(config.dataset, config.data_dir)
-  spec = input_pipeline.get_spec(config.dataset)
-  _, p_eval = trainer.compile_steps(config, train.learning_rate_schedule(config, 1, 1))
+  spec = datasets.get_spec(config.dataset)
+  _, p_eval = trainer.compile_steps(config, train_steps.learning_rate_schedule(config, 1, 1))
   errors = {}
   for name, stats in [
       ("running", state.batch_stats), ("precise", precise),

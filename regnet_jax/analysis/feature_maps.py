@@ -16,7 +16,7 @@ import os
 import jax
 import numpy as np
 
-from regnet_jax import evaluate, input_pipeline
+from regnet_jax import datasets, evaluate, input_pipeline
 from regnet_jax.analysis.block_probe import block_outputs
 
 
@@ -73,7 +73,7 @@ def save_feature_maps(workdir: str, out_dir: str, stage: int = 1, num_images: in
   model, variables, config = evaluate.load_from_workdir(workdir, step)
   if not 1 <= stage <= len(model.stage_sizes):
     raise ValueError(f"--stage={stage} must be between 1 and {len(model.stage_sizes)}")
-  spec = input_pipeline.get_spec(config.dataset)
+  spec = datasets.get_spec(config.dataset)
   builder = input_pipeline.get_builder(config.dataset, config.data_dir)
   batch = next(input_pipeline.eval_batches(builder, spec, max(num_images, 1)))
   images = batch["image"][:num_images]

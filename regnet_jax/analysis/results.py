@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from regnet_jax import checkpoint, input_pipeline, summary, train
+from regnet_jax import checkpoint, datasets, input_pipeline, summary, train_steps
 
 # The paper's test errors (%), Tables I, III and IV, keyed by (dataset, label); see label().
 PAPER_ERROR = {
@@ -105,8 +105,8 @@ def summarize(workdir: str) -> dict[str, Any]:
   scalars = read_scalars(workdir)
   if not scalars.get("eval_top1_error"):
     raise ValueError(f"{workdir} has no evaluation in its event files yet")
-  spec = input_pipeline.get_spec(config.dataset)
-  model = train.build_model(config, spec.num_classes)
+  spec = datasets.get_spec(config.dataset)
+  model = train_steps.build_model(config, spec.num_classes)
   speeds = [v for _, v, _ in scalars.get("train_images_per_sec", [])[1:]]  # [0]: compiling
   step, error, _ = scalars["eval_top1_error"][-1]
   precise = [e for s, e, _ in scalars.get("precise_bn_eval_top1_error", []) if s == step]
@@ -179,7 +179,7 @@ def plot_curves(workdirs: list[str], path: str, title: str) -> None:
     scalars = read_scalars(workdir)
     builder = input_pipeline.get_builder(config.dataset, config.data_dir, download=False)
     per_epoch = input_pipeline.steps_per_epoch(
-        builder, input_pipeline.get_spec(config.dataset), config.batch_size)
+        builder, datasets.get_spec(config.dataset), config.batch_size)
     for ax, tag, scale in ((loss_ax, "train_loss", 1), (err_ax, "eval_top1_error", 100)):
       series = np.array([(s, v) for s, v, _ in scalars.get(tag, [])]).reshape(-1, 2)
       ax.plot(series[:, 0] / per_epoch, series[:, 1] * scale, marker="." if ax is err_ax else "",
