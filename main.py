@@ -70,5 +70,5 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   from regnet_jax import host
 
-  host.reexec_with_hugepages()  # huge pages for XLA:CPU's per-step buffers (regnet_jax/host.py)
+  host.reexec_with_cpu_settings()  # huge pages, XLA:CPU's own convolutions (regnet_jax/host.py)
   app.run(main, flags_parser=parse_flags)

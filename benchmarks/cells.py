@@ -117,8 +117,7 @@ def main() -> None:
   parser.add_argument("--no_hugepages", action="store_true",
                       help="leave glibc's malloc as it is (see regnet_jax/host.py)")
   args = parser.parse_args()
-  if not args.no_hugepages:
-    host.reexec_with_hugepages()
+  host.reexec_with_cpu_settings(hugepages=not args.no_hugepages)
   variants = [{}] + [{k: parse_value(v)} for k, v in (s.split("=", 1) for s in args.variants)]
   rows = benchmark_cells(args.cells, args.stages, variants, args.batch_size, args.steps,
                          args.warmup)

@@ -211,8 +211,7 @@ def main() -> None:
   parser.add_argument("--no_hugepages", action="store_true",
                       help="leave glibc's malloc as it is (see regnet_jax/host.py)")
   args = parser.parse_args()
-  if not args.no_hugepages:
-    host.reexec_with_hugepages()
+  host.reexec_with_cpu_settings(hugepages=not args.no_hugepages)
 
   rows = []
   if args.pipeline:

@@ -254,7 +254,7 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=3, help="timed steps per round and framework")
   parser.add_argument("--rounds", type=int, default=3, help="alternations of the frameworks")
   args = parser.parse_args()
-  host.reexec_with_hugepages()
+  host.reexec_with_cpu_settings()
   from benchmarks.throughput import print_table
 
   rows = [side_by_side(m, args.batch_size, args.steps, args.rounds) for m in args.models]

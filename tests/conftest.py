@@ -6,7 +6,9 @@ import pathlib
 import numpy as np
 import pytest
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# XLA:CPU's own convolutions, as main.py and the benchmarks use them (regnet_jax/host.py).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Identical computations (the same tiny model trained in several tests, and in the `main.py`

@@ -94,8 +94,11 @@ def test_one_step_on_one_device_equals_eight():
     results.append(jax.device_get((new.params, new.batch_stats, metrics["train_loss"])))
   (p1, s1, l1), (p8, s8, l8) = results
   assert l1 == pytest.approx(l8, rel=1e-6)
-  # Biases right before a BatchNorm get a zero gradient up to rounding: compare absolutely.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p8)
+  # Absolute tolerance: the gradients of the stem kernel and of BatchNorm biases are long sums
+  # of cancelling terms. Against a float64 run of this step (docs/performance.md), one device
+  # is off by up to 4.7e-5 with XLA's own convolutions at batch 16 (YNNPACK's: 6.7e-5 at batch
+  # 64), 8 devices by 1.7e-7: float32 rounding, so 1e-4; a sharding error is far larger.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), p1, p8)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s1, s8)
 
 
