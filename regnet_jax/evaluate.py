@@ -14,8 +14,10 @@ import ml_collections
 from regnet_jax import checkpoint, datasets, input_pipeline, train, train_steps
 
 
-def _restore_state(workdir: str, step: int | None, trainer: train_steps.Trainer
-                   ) -> tuple[train_steps.TrainState, ml_collections.ConfigDict, Any]:
+def restore_state(workdir: str, step: int | None, trainer: train_steps.Trainer
+                  ) -> tuple[train_steps.TrainState, ml_collections.ConfigDict, Any]:
+  """The train state of checkpoint ``step`` (None: the newest) of ``workdir``, replicated on
+  ``trainer``'s devices, with the run's config and model."""
   config = checkpoint.read_config(workdir)
   spec = datasets.get_spec(config.dataset)
   model = train_steps.build_model(config, spec.num_classes)
@@ -33,7 +35,7 @@ def _restore_state(workdir: str, step: int | None, trainer: train_steps.Trainer
 def load_from_workdir(workdir: str, step: int | None = None
                       ) -> tuple[Any, dict[str, Any], ml_collections.ConfigDict]:
   """The model, its variables (``params`` and ``batch_stats``) and the run's config."""
-  state, config, model = _restore_state(workdir, step, train_steps.Trainer(jax.devices()[:1]))
+  state, config, model = restore_state(workdir, step, train_steps.Trainer(jax.devices()[:1]))
   return model, {"params": state.params, "batch_stats": state.batch_stats}, config
 
 
@@ -59,7 +61,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, precise_bn_batches: 
   from clu import metric_writers
 
   trainer = train_steps.Trainer()
-  state, config, model = _restore_state(workdir, step, trainer)
+  state, config, model = restore_state(workdir, step, trainer)
   trainer.check_batch_size(config.batch_size)
   builder = input_pipeline.get_builder(config.dataset, config.data_dir)
   spec = datasets.get_spec(config.dataset)

@@ -60,7 +60,7 @@ def check_workdir(workdir: str, step: int | None = None, batches: int = 20,
                   constant_var: float = 1e-8) -> dict[str, Any]:
   """The per-layer comparison and the three test errors for a checkpoint of ``workdir``."""
   trainer = train_steps.Trainer()
-  state, config, model = evaluate._restore_state(workdir, step, trainer)
+  state, config, model = evaluate.restore_state(workdir, step, trainer)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   precise = evaluate.recompute_batch_stats(trainer, model, variables, config, batches)
   builder = input_pipeline.get_builder(config.dataset, config.data_dir)
