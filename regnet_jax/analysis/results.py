@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from regnet_jax import checkpoint, datasets, input_pipeline, summary, train_steps
+from regnet_jax import checkpoint, datasets, input_pipeline, resident, summary, train_steps
 
 # The paper's test errors (%), Tables I, III and IV, keyed by (dataset, label); see label().
 PAPER_ERROR = {
@@ -81,7 +81,13 @@ def read_scalars(workdir: str) -> Scalars:
 def training_hours(workdir: str) -> float:
   """Wall-clock hours of the training processes: each event file (one per process start) from
   its first to its last training event, summed, so time between an interruption and the
-  resumed run is not counted."""
+  resumed run is not counted. A ``regnet_jax.resident`` workdir (its events may have been
+  written later, from ``metrics.jsonl``): each run's last ``wall_seconds``, summed."""
+  rows = resident.read_metrics(workdir)
+  if rows:
+    ends = [a["wall_seconds"] for a, b in zip(rows, [*rows[1:], None], strict=True)
+            if b is None or b["wall_seconds"] < a["wall_seconds"]]  # a run's last epoch
+    return sum(ends) / 3600
   spans = [_read_events(path, {}) for path in _event_files(workdir)]
   return sum(max(t) - min(t) for t in spans if t) / 3600
 
