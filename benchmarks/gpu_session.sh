@@ -30,8 +30,9 @@ else
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 python3 -c "import jax, flax, optax, orbax.checkpoint; print('jax', jax.__version__, 'flax',
-flax.__version__, 'optax', optax.__version__, jax.devices())
-from regnet_jax import models, resident" || exit 1
+flax.__version__, 'optax', optax.__version__, 'orbax', orbax.checkpoint.__version__, jax.devices())
+from regnet_jax import models, resident, summary  # fail fast on an API this jax lacks
+print('resnet20 MACs', summary.count_macs(models.create_model('resnet20', 10), 32))" || exit 1
 
 log "1. device-resident CIFAR step: one step per call vs a scan of 50"
 timeout 100 python3 benchmarks/throughput.py --no_hugepages --resident 1 50 --models resnet20 \
