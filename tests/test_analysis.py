@@ -131,6 +131,18 @@ def test_training_hours_of_a_resident_run_from_its_metrics(tmp_path):
   assert results.training_hours(str(tmp_path)) == pytest.approx(290 / 3600)
 
 
+def test_seed_summary_groups_models_with_several_seeds():
+  rows = [{"label": "resnet20", "seed": 0, "test_error": 22.6},
+          {"label": "regnet20_gru", "seed": 1, "test_error": 23.0},
+          {"label": "resnet20", "seed": 1, "test_error": 23.1},
+          {"label": "regnet20_gru", "seed": 0, "test_error": 23.5},
+          {"label": "regnet20_lstm", "seed": 0, "test_error": 24.9}]
+  assert results.seed_summary(rows).splitlines()[2:] == [
+      "| resnet20 | 0, 1 | 22.60, 23.10 | 22.85 | 0.50 |",
+      "| regnet20_gru | 0, 1 | 23.50, 23.00 | 23.25 | 0.50 |"]
+  assert results.seed_summary(rows[-1:]) == ""
+
+
 def test_bn_stats_comparison_exact():
   running = {"a": {"bn": {"mean": np.array([0.0, 1.0]), "var": np.array([1e-13, 4.0])}}}
   precise = {"a": {"bn": {"mean": np.array([0.003, 2.0]), "var": np.array([1e-13, 16.0])}}}

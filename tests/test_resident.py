@@ -141,6 +141,14 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
   logits = model.apply(variables, resident.normalize(images, CIFAR), train=False)
   error = 1.0 - float(np.mean(np.argmax(logits, -1) == labels))
   assert error == pytest.approx(rows_b[-1]["eval_top1_error"], abs=1e-6)
+  # The results table and curves read it without a tfds dataset; hours add the two runs.
+  from regnet_jax.analysis import results
+
+  row = results.summarize(str(tmp_path / "b"))
+  assert row["test_error"] == pytest.approx(100 * rows_b[-1]["eval_top1_error"])
+  assert row["hours"] == pytest.approx(sum(r["wall_seconds"] for r in rows_b) / 3600)
+  results.plot_curves([str(tmp_path / "b")], str(tmp_path / "curves.png"), "t")
+  assert (tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_events_written_from_metrics(tmp_path):

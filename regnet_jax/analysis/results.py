@@ -148,6 +148,24 @@ def markdown(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def seed_summary(rows: list[dict[str, Any]]) -> str:
+  """Models trained with more than one seed: each seed's test error, their mean and range, so
+  a difference between models can be read against the spread between seeds."""
+  groups: dict[str, list[dict[str, Any]]] = {}
+  for r in rows:
+    groups.setdefault(r["label"], []).append(r)
+  lines = ["| model | seeds | test error % per seed | mean | max - min |", "|---|---|---|---|---|"]
+  for name, group in groups.items():
+    if len({r["seed"] for r in group}) < 2:
+      continue
+    group = sorted(group, key=lambda r: r["seed"])
+    errors = [r["test_error"] for r in group]
+    lines.append(f"| {name} | {', '.join(str(r['seed']) for r in group)} | "
+                 f"{', '.join(f'{e:.2f}' for e in errors)} | {statistics.mean(errors):.2f} | "
+                 f"{max(errors) - min(errors):.2f} |")
+  return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def _pyplot():
   import matplotlib
 
@@ -183,9 +201,13 @@ def plot_curves(workdirs: list[str], path: str, title: str) -> None:
   for workdir in workdirs:
     config = checkpoint.read_config(workdir)
     scalars = read_scalars(workdir)
-    builder = input_pipeline.get_builder(config.dataset, config.data_dir, download=False)
-    per_epoch = input_pipeline.steps_per_epoch(
-        builder, datasets.get_spec(config.dataset), config.batch_size)
+    epochs = resident.read_metrics(workdir)  # a resident run knows its epochs
+    if epochs:
+      per_epoch = epochs[0]["step"] / epochs[0]["epoch"]
+    else:
+      builder = input_pipeline.get_builder(config.dataset, config.data_dir, download=False)
+      per_epoch = input_pipeline.steps_per_epoch(
+          builder, datasets.get_spec(config.dataset), config.batch_size)
     for ax, tag, scale in ((loss_ax, "train_loss", 1), (err_ax, "eval_top1_error", 100)):
       series = np.array([(s, v) for s, v, _ in scalars.get(tag, [])]).reshape(-1, 2)
       ax.plot(series[:, 0] / per_epoch, series[:, 1] * scale, marker="." if ax is err_ax else "",
@@ -220,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
                        args.title)
   plot_curves(args.workdirs, os.path.join(args.out, f"curves_{args.name}.png"), args.title)
   print(markdown(rows))
+  seeds = seed_summary(rows)
+  if seeds:
+    print("\n" + seeds)
 
 
 if __name__ == "__main__":
