@@ -223,7 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   ``steps_per_call``: train steps per jitted call (a ``lax.scan`` when more than one); None:
   1 on CPUs, a whole epoch on accelerators (see :func:`make_steps_fn`)."""
-  start_time = time.perf_counter()
+  start_time, run_started = time.perf_counter(), time.time()
   spec = datasets.get_spec(config.dataset)
   trainer = train_steps.Trainer(devices)
   trainer.check_batch_size(config.batch_size)
@@ -290,7 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
            **eval_summary(jax.device_get(eval_fn(state, *test))),
            "train_images_per_sec": steps * config.batch_size / train_seconds,
            "epoch_seconds": time.perf_counter() - timer,
-           "wall_seconds": time.perf_counter() - start_time}
+           "wall_seconds": time.perf_counter() - start_time, "run_started": run_started}
     epoch_seconds = row["epoch_seconds"] if epoch_seconds is None else min(
         epoch_seconds, row["epoch_seconds"])  # the first epoch includes compilation
     ckpt.save(row["step"], state)

@@ -124,9 +124,9 @@ def test_training_hours_sum_each_process_and_skip_gaps(tmp_path):
 
 def test_training_hours_of_a_resident_run_from_its_metrics(tmp_path):
   """Three epochs, the third after a resume: the first run's 200 s plus the second's 90 s."""
-  rows = [{"epoch": 1, "step": 4, "wall_seconds": 120.0},
-          {"epoch": 2, "step": 8, "wall_seconds": 200.0},
-          {"epoch": 3, "step": 12, "wall_seconds": 90.0}]
+  rows = [{"epoch": 1, "step": 4, "wall_seconds": 120.0, "run_started": 1000.0},
+          {"epoch": 2, "step": 8, "wall_seconds": 200.0, "run_started": 1000.0},
+          {"epoch": 3, "step": 12, "wall_seconds": 90.0, "run_started": 5000.0}]
   (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   assert results.training_hours(str(tmp_path)) == pytest.approx(290 / 3600)
 

@@ -82,12 +82,13 @@ def training_hours(workdir: str) -> float:
   """Wall-clock hours of the training processes: each event file (one per process start) from
   its first to its last training event, summed, so time between an interruption and the
   resumed run is not counted. A ``regnet_jax.resident`` workdir (its events may have been
-  written later, from ``metrics.jsonl``): each run's last ``wall_seconds``, summed."""
+  written later, from ``metrics.jsonl``): each process's last ``wall_seconds``, summed."""
   rows = resident.read_metrics(workdir)
   if rows:
-    ends = [a["wall_seconds"] for a, b in zip(rows, [*rows[1:], None], strict=True)
-            if b is None or b["wall_seconds"] < a["wall_seconds"]]  # a run's last epoch
-    return sum(ends) / 3600
+    runs: dict[float, float] = {}  # each process's start time -> its last wall_seconds
+    for r in rows:
+      runs[r["run_started"]] = max(runs.get(r["run_started"], 0.0), r["wall_seconds"])
+    return sum(runs.values()) / 3600
   spans = [_read_events(path, {}) for path in _event_files(workdir)]
   return sum(max(t) - min(t) for t in spans if t) / 3600
 
