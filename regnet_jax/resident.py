@@ -177,14 +177,6 @@ def make_eval_fn(trainer: train_steps.Trainer, spec: datasets.DatasetSpec, batch
   return evaluate
 
 
-def eval_summary(sums: dict[str, Any]) -> dict[str, float]:
-  """``eval_step`` sums -> mean loss and top-1/top-5 error."""
-  count = float(sums["count"])
-  return {"eval_loss": float(sums["loss"]) / count,
-          "eval_top1_error": 1.0 - float(sums["top1"]) / count,
-          "eval_top5_error": 1.0 - float(sums["top5"]) / count}
-
-
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """The per-epoch lines of ``workdir``'s ``metrics.jsonl`` (empty if there is none)."""
   path = os.path.join(workdir, METRICS_FILE)
@@ -287,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     row = {"epoch": epoch + 1, "step": int(state.step), "train_loss": loss,
            "train_accuracy": float(np.mean(metrics["train_accuracy"])),
            "learning_rate": float(metrics["learning_rate"][-1]),
-           **eval_summary(jax.device_get(eval_fn(state, *test))),
+           **train_steps.eval_summary(jax.device_get(eval_fn(state, *test))),
            "train_images_per_sec": steps * config.batch_size / train_seconds,
            "epoch_seconds": time.perf_counter() - timer,
            "wall_seconds": time.perf_counter() - start_time, "run_started": run_started}

@@ -54,11 +54,7 @@ def evaluate(trainer: train_steps.Trainer, p_eval: Callable, state: train_steps.
     out = p_eval(state, batch)
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
-  count = float(sums["count"])
-  return {"eval_loss": float(sums["loss"]) / count,
-          "eval_top1_error": 1.0 - float(sums["top1"]) / count,
-          "eval_top5_error": 1.0 - float(sums["top5"]) / count,
-          "eval_examples": count}
+  return {**train_steps.eval_summary(sums), "eval_examples": float(sums["count"])}
 
 
 def precise_batch_stats(trainer: train_steps.Trainer, model: models._Network,

@@ -126,6 +126,14 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
   }
 
 
+def eval_summary(sums: dict[str, Any]) -> dict[str, float]:
+  """``eval_step`` sums -> mean loss and top-1/top-5 error."""
+  count = float(sums["count"])
+  return {"eval_loss": float(sums["loss"]) / count,
+          "eval_top1_error": 1.0 - float(sums["top1"]) / count,
+          "eval_top5_error": 1.0 - float(sums["top5"]) / count}
+
+
 class Trainer:
   """Compiled, data-parallel steps over a mesh of ``devices``."""
 
