@@ -10,6 +10,11 @@ convolution (what a ResNet basic block runs twice per block). The ``ratio`` colu
 time over the convolution's, measured alternately in one run: a RegNet-20 block adds one cell
 step to a ResNet block's two convolutions, so a ratio of 0.5 would add 25% per block.
 Median of timed calls after warm-up, each waited on with ``block_until_ready``.
+
+``mb_accessed`` is XLA's cost analysis of the compiled function (bytes read and written by all
+its kernels) and ``gb_s`` that traffic over the measured time. Where ``gb_s`` stays the same
+across shapes and variants, time follows bytes: the step is bound by memory bandwidth and gets
+faster only by moving fewer bytes.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ def stage_shape(stage: int, batch_size: int) -> tuple[int, int, int, int]:
 
 
 def _grad_fn(module: nn.Module, inputs: tuple, seed: int = 0):
-  """A jitted function of no arguments: every gradient of ``<module(*inputs), cotangent>``."""
+  """A function of no arguments computing every gradient of ``<module(*inputs), cotangent>``,
+  and the bytes its compiled executable accesses (XLA's cost analysis)."""
   variables = module.init(jax.random.PRNGKey(seed), *inputs)
   out = jax.eval_shape(module.apply, variables, *inputs)
   leaves = jax.tree.leaves(out)
@@ -46,8 +52,10 @@ def _grad_fn(module: nn.Module, inputs: tuple, seed: int = 0):
     return sum(jnp.vdot(o, c) for o, c in zip(outs, cotangents, strict=True))
 
   # Cotangents are arguments, not constants: XLA would constant-fold through them.
-  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  return lambda: grad(variables, inputs, cotangents)
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(variables, inputs, cotangents).compile()
+  cost = grad.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return lambda: grad(variables, inputs, cotangents), cost["bytes accessed"]
 
 
 class DenseConv(nn.Module):
@@ -75,19 +83,20 @@ def benchmark_cells(cell_types: list[str], stages: list[int], variants: list[dic
   All functions are compiled first; then ``steps`` rounds each call every function once in
   turn (after ``warmup`` such rounds), so every row sees the same machine conditions.
   """
-  fns, rows = [], []
+  jobs, rows = [], []  # (function, bytes accessed) and the row of each
   for stage in stages:
     shape = stage_shape(stage, batch_size)
     x, _ = _inputs("rnn", shape)
-    fns.append(_grad_fn(DenseConv(shape[-1]), (x,)))
+    jobs.append(_grad_fn(DenseConv(shape[-1]), (x,)))
     rows.append({"stage": stage, "shape": "x".join(map(str, shape)), "op": "dense3x3 conv",
                  "variant": "-"})
     for cell in cell_types:
       for overrides in variants:
         x, state = _inputs(cell, shape)
-        fns.append(_grad_fn(cells.ConvCell(shape[-1], cell, conv=overrides), (x, state)))
+        jobs.append(_grad_fn(cells.ConvCell(shape[-1], cell, conv=overrides), (x, state)))
         rows.append({"stage": stage, "shape": rows[-1]["shape"], "op": f"{cell} cell",
                      "variant": ",".join(f"{k}={v}" for k, v in overrides.items()) or "default"})
+  fns, traffic = zip(*jobs, strict=True)
   times = [[] for _ in fns]
   for r in range(warmup + steps):
     for fn, t in zip(fns, times, strict=True):
@@ -96,8 +105,10 @@ def benchmark_cells(cell_types: list[str], stages: list[int], variants: list[dic
       if r >= warmup:
         t.append(time.perf_counter() - start)
   reference = {}
-  for row, t in zip(rows, times, strict=True):
+  for row, t, nbytes in zip(rows, times, traffic, strict=True):
     row["fwd_bwd_ms"] = 1e3 * statistics.median(t)
+    row["mb_accessed"] = nbytes / 1e6
+    row["gb_s"] = nbytes / 1e9 / statistics.median(t)
     reference.setdefault(row["stage"], row["fwd_bwd_ms"])
     row["ratio"] = row["fwd_bwd_ms"] / reference[row["stage"]]
   return rows

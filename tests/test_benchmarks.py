@@ -45,3 +45,7 @@ def test_cell_benchmark_rows():
   assert [(r["op"], r["variant"]) for r in rows] == [
       ("dense3x3 conv", "-"), ("gru cell", "default"), ("gru cell", "pairing=interleave")]
   assert rows[0]["ratio"] == 1.0 and all(r["fwd_bwd_ms"] > 0 for r in rows)
+  # The conv's gradient reads x and the cotangent and writes dx, each 2x8x8x64 float32.
+  assert rows[0]["mb_accessed"] >= 3 * 2 * 8 * 8 * 64 * 4 / 1e6
+  for r in rows:
+    assert r["gb_s"] == pytest.approx(r["mb_accessed"] / r["fwd_bwd_ms"])
