@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from regnet_jax.conv import conv_general_dilated as swapped_conv
+
 Array = jax.Array
 Dtype = Any
 
@@ -116,6 +118,8 @@ class GateConv(nn.Module):
     impl: how the light-weight convolution is computed: ``'elementwise'`` or ``'conv'``;
       both give the same result from the same parameters.
     use_bias: one bias per gate channel (on the depthwise step for ``'light'``).
+    grad: kernel gradient of the ``'dense3x3'`` convolution: ``'lax'`` (autodiff) or
+      ``'swapped'`` (:mod:`regnet_jax.conv`; faster on CPU).
     dtype: compute dtype; parameters are float32.
   """
 
@@ -125,6 +129,7 @@ class GateConv(nn.Module):
   pairing: Literal["concat", "interleave"] = "concat"
   impl: Literal["elementwise", "conv"] = "elementwise"
   use_bias: bool = True
+  grad: Literal["lax", "swapped"] = "lax"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -133,7 +138,9 @@ class GateConv(nn.Module):
     n, g = self.features, self.gates
     if self.kind == "dense3x3":
       return nn.Conv(g * n, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias,
-                     dtype=self.dtype, name="conv")(jnp.concatenate([a, b], axis=-1))
+                     dtype=self.dtype, name="conv",
+                     conv_general_dilated=swapped_conv if self.grad == "swapped" else None,
+                     )(jnp.concatenate([a, b], axis=-1))
     # Step 1: grouped 1x1, groups=N: gate channel (g, k) = w0[g,k] * p_k + w1[g,k] * q_k.
     pointwise = self.param("pointwise", _pointwise_init, (2, g * n))
     depthwise = self.param("depthwise", _depthwise_init, (3, 3, g * n))

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from regnet_jax import conv as conv_lib
 from regnet_jax.blocks import BasicBlock, BottleneckBlock
 from regnet_jax.cells import (
     CELL_CONVS,
@@ -42,10 +43,24 @@ ModuleDef = Callable[..., nn.Module]
 _he_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+CONV_GRADS = ("auto", "lax", "swapped")
+
+
+def default_conv_grad() -> str:
+  """What ``conv_grad='auto'`` means here: ``'swapped'`` where JAX's default backend is the
+  CPU (docs/performance.md), else ``'lax'``."""
+  return "swapped" if jax.default_backend() == "cpu" else "lax"
+
+
 def conv(features: int, kernel_size: tuple[int, int], strides: tuple[int, int] = (1, 1),
-         **kwargs: Any) -> nn.Conv:
-  """A convolution with PyTorch's symmetric ``k // 2`` padding, no bias and He init."""
+         grad: str = "lax", **kwargs: Any) -> nn.Conv:
+  """A convolution with PyTorch's symmetric ``k // 2`` padding, no bias and He init.
+
+  ``grad='swapped'`` computes its kernel gradient as in :mod:`regnet_jax.conv` (the same
+  result up to rounding; faster on XLA:CPU), ``'lax'`` as autodiff of ``lax`` does."""
   kwargs.setdefault("use_bias", False)
+  if grad == "swapped":
+    kwargs["conv_general_dilated"] = conv_lib.conv_general_dilated
   return nn.Conv(features, kernel_size, strides, padding=[(k // 2, k // 2) for k in kernel_size],
                  kernel_init=_he_init, **kwargs)
 
@@ -123,6 +138,9 @@ class _Network(nn.Module):
     shortcut: ``'B'`` (1x1 projection + BN where shapes change) or ``'A'`` (zero-pad).
     projection_bias: bias on the 1x1 projection.
     scan_unroll: see :class:`Stage`.
+    conv_grad: kernel gradient of the dense convolutions: ``'swapped'``
+      (:mod:`regnet_jax.conv`, avoids XLA:CPU's activation transposes), ``'lax'`` (autodiff),
+      or ``'auto'`` (default): swapped where JAX's default backend is the CPU.
     bn_momentum: BatchNorm running-average decay (PyTorch's 0.1 momentum is 0.9 here).
     bn_axis_name: mapped axis to average BatchNorm statistics over, for use under
       ``shard_map``; None under ``jit``, where statistics are over the global batch anyway.
@@ -143,6 +161,7 @@ class _Network(nn.Module):
   shortcut: str = "B"
   projection_bias: bool = True
   scan_unroll: int = -1
+  conv_grad: str = "auto"
   bn_momentum: float = 0.9
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
@@ -163,6 +182,7 @@ class _Network(nn.Module):
     check_choice("pairing", self.pairing, PAIRINGS)
     check_choice("cell_impl", self.cell_impl, CONV_IMPLS)
     check_choice("shortcut", self.shortcut, ("A", "B"))
+    check_choice("conv_grad", self.conv_grad, CONV_GRADS)
     if not isinstance(self.num_classes, int) or self.num_classes < 1:
       raise ValueError(f"num_classes must be a positive integer, got {self.num_classes!r}")
     stages = tuple(range(1, len(self.stage_sizes) + 1))
@@ -171,6 +191,15 @@ class _Network(nn.Module):
     if self.se_ratio is not None and self.se_ratio < 1:
       raise ValueError(f"se_ratio must be a positive integer or None, got {self.se_ratio!r}")
     super().__post_init__()
+
+  def resolved_conv_grad(self) -> str:
+    """``conv_grad`` with ``'auto'`` resolved for JAX's default backend."""
+    return default_conv_grad() if self.conv_grad == "auto" else self.conv_grad
+
+  def conv_def(self) -> ModuleDef:
+    """The dense convolution constructor: :func:`conv` with this network's dtype and
+    kernel gradient."""
+    return functools.partial(conv, dtype=self.dtype, grad=self.resolved_conv_grad())
 
   def norm(self, train: bool) -> ModuleDef:
     """BatchNorm constructor in train (batch statistics) or eval (running averages) mode."""
@@ -189,8 +218,8 @@ class _Network(nn.Module):
         cell = functools.partial(
             ConvCell, features=width, cell=self.cell, dtype=dtype,
             conv=dict(kind=self.cell_conv, pairing=self.pairing, impl=self.cell_impl,
-                      use_bias=self.cell_bias))
-      args = dict(features=width, conv=functools.partial(conv, dtype=dtype), norm=norm,
+                      use_bias=self.cell_bias, grad=self.resolved_conv_grad()))
+      args = dict(features=width, conv=self.conv_def(), norm=norm,
                   cell=cell, carry_normed_h=self.carry_normed_h, se_ratio=self.se_ratio,
                   se_bias=self.se_bias, shortcut=self.shortcut,
                   projection_bias=self.projection_bias, dtype=dtype, **block_args)
@@ -228,7 +257,7 @@ class CifarResNet(_Network):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     """``x: [B, H, W, 3]`` float -> logits ``[B, num_classes]``."""
-    x = conv(16, (3, 3), dtype=self.dtype, name="stem_conv")(jnp.asarray(x, self.dtype))
+    x = self.conv_def()(16, (3, 3), name="stem_conv")(jnp.asarray(x, self.dtype))
     x = nn.relu(self.norm(train)(name="stem_bn")(x))
     return self.head(self.stages(x, train))
 
@@ -264,7 +293,7 @@ class ImageNetResNet(_Network):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     """``x: [B, H, W, 3]`` float -> logits ``[B, num_classes]``."""
-    x = conv(64, (7, 7), (2, 2), dtype=self.dtype, name="stem_conv")(jnp.asarray(x, self.dtype))
+    x = self.conv_def()(64, (7, 7), (2, 2), name="stem_conv")(jnp.asarray(x, self.dtype))
     x = nn.relu(self.norm(train)(name="stem_bn")(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     x = self.stages(x, train, stride_on=self.stride_on,

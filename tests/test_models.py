@@ -186,6 +186,39 @@ def test_execution_switches_do_not_change_results(overrides):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("make,size", [
+    (lambda grad: models.create_model("regnet20_gru", 10, conv_grad=grad), 8),
+    (lambda grad: models.create_model("regnet20_gru", 10, conv_grad=grad,
+                                      cell_conv="dense3x3"), 8),
+    # The ImageNet layout (7x7/2 stem, strided 3x3s, 1x1 projections), narrow and shallow.
+    (lambda grad: models.ImageNetResNet(10, cell="lstm", conv_grad=grad, widths=(4, 4, 4, 4),
+                                        layers=(1, 1, 1, 1)), 64),
+])
+def test_swapped_conv_gradient_equals_autodiff(make, size):
+  """``conv_grad='swapped'`` (every dense convolution: stems, strided, 1x1 projections and
+  fusions, dense gates) gives the loss and every gradient of ``'lax'``, up to rounding."""
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 3))
+  labels = jnp.array([1, 2])
+  variables = _init(make("lax"), x)
+  results = []
+  for grad in ("lax", "swapped"):
+    model = make(grad)
+
+    def loss(params, model=model):
+      logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                              mutable=["batch_stats"])
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+    results.append(jax.jit(jax.value_and_grad(loss))(variables["params"]))
+  (want_loss, want), (got_loss, got) = results
+  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+  # float32 sums over batch x pixels in another order: compare relative to each tensor's scale
+  # (the kernel gradient itself is exact in float64: tests/test_conv.py).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max()),
+               got, want)
+  assert make("auto").resolved_conv_grad() == "swapped"  # on this CPU backend
+
+
 def test_train_mode_updates_batch_stats_and_eval_does_not():
   model = models.create_model("regnet20_lstm", 10)
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3)) + 3.0
@@ -277,6 +310,7 @@ def test_bottleneck_shapes_and_pooled_state(stride_on):
     ("regnet50", {"stride_on": "7x7"}, "stride_on='7x7' is not valid"),
     ("resnet20", {"widht": 3}, "unknown attribute\\(s\\) widht .* valid attributes: "),
     ("resnet20", {"num_classes": 0}, "num_classes must be a positive integer"),
+    ("resnet20", {"conv_grad": "fast"}, "conv_grad='fast' is not valid; choose one of auto"),
 ])
 def test_bad_arguments_raise_value_error_naming_choices(name, overrides, match):
   kwargs = {"num_classes": 10, **overrides}
