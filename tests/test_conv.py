@@ -40,7 +40,8 @@ def test_kernel_gradient_equals_autodiff_in_float64(x_shape, k_shape, strides, p
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("x_shape,k_shape,strides,padding", CASES[:4])
+@pytest.mark.parametrize("x_shape,k_shape,strides,padding",
+                         [c for c in CASES if c[2] == (1, 1)])
 def test_conv_and_its_gradients_equal_lax(x_shape, k_shape, strides, padding):
   x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
   kernel = jax.random.normal(jax.random.PRNGKey(1), k_shape)
@@ -59,7 +60,7 @@ def test_conv_and_its_gradients_equal_lax(x_shape, k_shape, strides, padding):
 
 @pytest.mark.parametrize("kwargs", [
     dict(feature_group_count=2), dict(rhs_dilation=(2, 2)), dict(padding="SAME"),
-    dict(lhs_dilation=(2, 1))])
+    dict(lhs_dilation=(2, 1)), dict(window_strides=(2, 2))])
 def test_other_convolutions_are_lax_own(kwargs):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
   kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4 // kwargs.get(
