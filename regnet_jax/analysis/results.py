@@ -180,9 +180,11 @@ def plot_error_vs_params(rows: list[dict[str, Any]], path: str, title: str) -> N
   """Fig. 4: test error against parameters, ours (filled) and the paper's (hollow)."""
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
-  for i, r in enumerate(rows):
-    color = f"C{i % 10}"
-    ax.scatter(r["params"] / 1e6, r["test_error"], color=color, label=f"{r['label']} (ours)")
+  labels = list(dict.fromkeys(r["label"] for r in rows))  # one colour per model, all seeds
+  for r in rows:
+    color = f"C{labels.index(r['label']) % 10}"
+    ax.scatter(r["params"] / 1e6, r["test_error"], color=color,
+               label=f"{r['label']} seed {r['seed']} (ours)")
     if r["paper_error"] is not None:
       ax.scatter(r["params"] / 1e6, r["paper_error"], facecolors="none", edgecolors=color)
   ax.set_xlabel("parameters (M)")
