@@ -60,13 +60,12 @@ def _time_steps(fn, steps: int, warmup: int) -> tuple[list[float], float]:
   return times, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
 
 
-def benchmark_model(name: str, overrides: dict, batch_size: int, dtype: str, num_devices: int,
-                    steps: int, warmup: int, peak_tflops: float | None = None) -> dict:
-  """Train and eval images/s, compile seconds and peak memory of one model variant.
+def build_train_step(name: str, overrides: dict, batch_size: int, dtype: str,
+                     num_devices: int):
+  """The jitted train and eval steps of one model variant on a synthetic device-resident batch.
 
-  ``train_tflop_s`` is the model's conventional arithmetic, 6 FLOPs per forward MAC per image
-  (forward, and twice that for the backward pass), at the measured train rate; ``mfu_pct`` is
-  that as a share of ``peak_tflops`` (the model FLOP utilisation), when given."""
+  Returns ``(model, p_train, p_eval, state, batch)``: SGD with momentum at a constant learning
+  rate, the batch ``[batch_size, S, S, 3]`` sharded over the first ``num_devices`` devices."""
   spec = models.get_spec(name)
   size = spec.image_size
   model = models.create_model(name, 10 if size == 32 else 1000,
@@ -85,7 +84,19 @@ def benchmark_model(name: str, overrides: dict, batch_size: int, dtype: str, num
       "label": rng.randint(0, model.num_classes, batch_size).astype(np.int32),
       "mask": np.ones(batch_size, np.float32)})
   p_train, p_eval = trainer.compile_steps(config, schedule)
+  return model, p_train, p_eval, state, batch
 
+
+def benchmark_model(name: str, overrides: dict, batch_size: int, dtype: str, num_devices: int,
+                    steps: int, warmup: int, peak_tflops: float | None = None) -> dict:
+  """Train and eval images/s, compile seconds and peak memory of one model variant.
+
+  ``train_tflop_s`` is the model's conventional arithmetic, 6 FLOPs per forward MAC per image
+  (forward, and twice that for the backward pass), at the measured train rate; ``mfu_pct`` is
+  that as a share of ``peak_tflops`` (the model FLOP utilisation), when given."""
+  model, p_train, p_eval, state, batch = build_train_step(name, overrides, batch_size, dtype,
+                                                          num_devices)
+  size = models.get_spec(name).image_size
   start = time.perf_counter()
   compiled = p_train.lower(state, batch).compile()
   compile_s = time.perf_counter() - start

@@ -86,8 +86,9 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int],
 
   Plain 2-D NHWC/HWIO convolutions (stride 1, explicit padding, no dilation, no groups) get the
   kernel gradient of :func:`kernel_gradient`; anything else goes to ``lax`` unchanged. (Strided
-  ones would need ``dy`` dilated, or the input rearranged space-to-depth; both were slower on
-  XLA:CPU than ``lax``'s own gradient: docs/performance.md.)
+  ones would need ``dy`` dilated or the input rearranged space-to-depth, both slower on XLA:CPU
+  than ``lax``'s own gradient, or split into phases, exact but no faster in a train step:
+  docs/performance.md.)
   """
   plain = (tuple(window_strides) == (1, 1) and not isinstance(padding, str)
            and all(d == 1 for d in (lhs_dilation or (1, 1)))

@@ -49,3 +49,22 @@ def test_cell_benchmark_rows():
   assert rows[0]["mb_accessed"] >= 3 * 2 * 8 * 8 * 64 * 4 / 1e6
   for r in rows:
     assert r["gb_s"] == pytest.approx(r["mb_accessed"] / r["fwd_bwd_ms"])
+
+
+@pytest.mark.parametrize("by", ["kind", "kernel"])
+def test_profile_rows_sum_the_traced_kernels(by):
+  from benchmarks import profile
+
+  rows = profile.profile_model("resnet20", {"depth": 8}, batch_size=4, steps=2, warmup=1, by=by,
+                               top=3)
+  *top, total = rows
+  assert len(top) == 3 and total[by] == "(all kernels)" and total["share_pct"] == 100.0
+  assert [r["ms_per_step"] for r in top] == sorted((r["ms_per_step"] for r in top), reverse=True)
+  assert 0 < sum(r["ms_per_step"] for r in top) <= total["ms_per_step"]
+  for r in top:
+    assert r["share_pct"] == pytest.approx(100 * r["ms_per_step"] / total["ms_per_step"])
+    assert r["calls_per_step"] >= 1
+  if by == "kernel":  # every traced kernel is an instruction of the compiled module
+    assert all(r["shape_and_source"].startswith(("f32[", "(")) for r in top)
+  else:
+    assert not any(r[by][-1].isdigit() for r in top)

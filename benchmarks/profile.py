@@ -1,0 +1,118 @@
+"""Where a train step's time goes: its XLA kernels from a profiler trace, summed; prints a table.
+
+    python -m benchmarks.profile --models resnet20 --top 15
+    python -m benchmarks.profile --models regnet20_gru --variants conv_grad=lax --by kind
+
+Traces ``--steps`` train steps (after warm-up) of the same synthetic-batch step as
+``benchmarks/throughput.py`` with ``jax.profiler``, and sums the durations of the executable's
+kernels (one trace event per HLO instruction that runs: fusions, convolutions, copies). Rows are
+milliseconds per step, either per kernel (``--by kernel``, with its output shape and the source
+operation XLA recorded for it) or per kind of kernel (``--by kind``: the name without its
+number, e.g. every ``transpose_copy_fusion``). On a CPU the thunk executor runs independent
+kernels on several threads at once, so the kernels' sum (``kernel_ms_per_step``) can exceed
+the step's wall time (``wall_ms_per_step``); shares are of the sum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import tempfile
+import time
+
+import jax
+
+from benchmarks.throughput import build_train_step, parse_value, report
+from regnet_jax import host
+
+
+def _instruction_info(hlo_text: str) -> dict[str, str]:
+  """``{instruction name: 'shape  op_name'}`` for each instruction of an optimised HLO module."""
+  info = {}
+  for line in hlo_text.splitlines():
+    match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ", line)
+    if match:
+      op = re.search(r'op_name="([^"]*)"', line)
+      info.setdefault(match.group(1), f"{match.group(2)}  {op.group(1) if op else ''}".strip())
+  return info
+
+
+def kernel_times(trace_dir: str) -> dict[str, list[float]]:
+  """Durations (ms) of every kernel event in the newest Perfetto trace under ``trace_dir``, by
+  HLO instruction name."""
+  path = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"),
+                          recursive=True))[-1]
+  with gzip.open(path) as f:
+    events = json.load(f)["traceEvents"]
+  times = collections.defaultdict(list)
+  for event in events:
+    if "dur" in event and "hlo_op" in event.get("args", {}):
+      times[event["args"]["hlo_op"]].append(event["dur"] / 1e3)
+  return times
+
+
+def profile_model(name: str, overrides: dict, batch_size: int, steps: int, warmup: int,
+                  by: str, top: int) -> list[dict]:
+  """The ``top`` kernels (or kinds of kernel) of one model variant's train step by time."""
+  _, p_train, _, state, batch = build_train_step(name, overrides, batch_size, "float32", 1)
+  compiled = p_train.lower(state, batch).compile()
+  info = _instruction_info(compiled.as_text())
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      start = time.perf_counter()
+      for _ in range(steps):
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+      wall_ms = 1e3 * (time.perf_counter() - start) / steps
+    times = kernel_times(trace_dir)
+  groups = collections.defaultdict(lambda: [0.0, 0])
+  for op, durations in times.items():
+    key = re.sub(r"\.\d+$", "", op) if by == "kind" else op
+    groups[key][0] += sum(durations) / steps
+    groups[key][1] += len(durations) / steps
+  total = sum(ms for ms, _ in groups.values())
+  variant = ",".join(f"{k}={v}" for k, v in overrides.items()) or "default"
+  rows = []
+  for key, (ms, count) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]:
+    rows.append({"model": name, "variant": variant, by: key, "ms_per_step": ms,
+                 "share_pct": 100 * ms / total, "calls_per_step": count,
+                 **({"shape_and_source": info.get(key, "")} if by == "kernel" else {})})
+  rows.append({"model": name, "variant": variant, by: "(all kernels)", "ms_per_step": total,
+               "share_pct": 100.0, "calls_per_step": sum(c for _, c in groups.values()),
+               **({"shape_and_source": f"wall {wall_ms:.1f} ms/step"} if by == "kernel"
+                  else {})})
+  if by == "kind":
+    rows[-1]["calls_per_step"] = f"{rows[-1]['calls_per_step']:.0f}; wall {wall_ms:.1f} ms/step"
+  return rows
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--models", nargs="*", default=["resnet20"])
+  parser.add_argument("--variants", nargs="*", default=[],
+                      help="attribute overrides to profile besides the default, e.g. conv_grad=lax")
+  parser.add_argument("--batch_size", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--by", choices=("kernel", "kind"), default="kind")
+  parser.add_argument("--top", type=int, default=12)
+  parser.add_argument("--json", default=None, help="also write the rows to this file")
+  args = parser.parse_args()
+  host.reexec_with_cpu_settings(hugepages=True)
+  variants = [{}] + [{k: parse_value(v)} for k, v in (s.split("=", 1) for s in args.variants)]
+  rows = [row for name in args.models for overrides in variants
+          for row in profile_model(name, overrides, args.batch_size, args.steps, args.warmup,
+                                   args.by, args.top)]
+  report(rows, args.json, f"batch {args.batch_size}, float32, 1 device, {args.steps} steps")
+
+
+if __name__ == "__main__":
+  main()
