@@ -8,12 +8,13 @@ inside the transpose: BatchNorm, ReLU and the residual additions of up to three 
 read in transposed order. In a ResNet-20 train step on a 2-core CPU these transposes took
 about 170 of 380 ms (a profile; docs/performance.md).
 
-:func:`conv_general_dilated` computes the same gradient of a stride-1 convolution (all but a
-few in these networks) with the two operands' roles swapped:
+:func:`conv_general_dilated` computes the same gradient with the two operands' roles swapped:
 the output gradient ``dy`` becomes the transposed operand (it is a plain tensor, nothing to
-recompute) and ``x`` only needs a transpose that keeps its channels innermost. The forward pass
-and the input gradient are ``lax``'s own. Equal to autodiff of ``lax.conv_general_dilated`` up
-to float rounding (``tests/test_conv.py``).
+recompute) and ``x`` only needs a transpose that keeps its channels innermost. A strided
+convolution's gradient is split by the stride into stride-1 ones over the phases
+``x[:, p::s, q::s]`` of its input (:func:`kernel_gradient`). The forward pass and the input
+gradient are ``lax``'s own. Equal to autodiff of ``lax.conv_general_dilated`` up to float
+rounding (``tests/test_conv.py``).
 """
 
 from __future__ import annotations
@@ -26,49 +27,81 @@ import jax.numpy as jnp
 from jax import lax
 
 Array = jax.Array
+Padding = tuple[tuple[int, int], ...]
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def _forward(x: Array, kernel: Array, padding: tuple[tuple[int, int], ...]) -> Array:
-  return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_NHWC)
+def _forward(x: Array, kernel: Array, strides: tuple[int, ...], padding: Padding) -> Array:
+  return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv(x: Array, kernel: Array, padding: tuple[tuple[int, int], ...]) -> Array:
-  return _forward(x, kernel, padding)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x: Array, kernel: Array, strides: tuple[int, ...], padding: Padding) -> Array:
+  return _forward(x, kernel, strides, padding)
 
 
-def _conv_fwd(x, kernel, padding):
-  return _forward(x, kernel, padding), (x, kernel)
+def _conv_fwd(x, kernel, strides, padding):
+  return _forward(x, kernel, strides, padding), (x, kernel)
+
+
+def _stride1_kernel_gradient(x: Array, dy: Array, kernel_size: Sequence[int],
+                             padding: Sequence[tuple[int, int]]) -> Array:
+  """:func:`kernel_gradient` for stride 1. Per spatial axis ``dW[k-1-o] = sum_t dy_pad[o + t]
+  x[t]`` with ``dy`` padded by ``k - 1 - pad_low`` below: a convolution whose "input" is ``dy``
+  (batch = output channels, features = the batch) and whose "kernel" is ``x`` (input features =
+  the batch, output features = input channels), read backwards."""
+  pads = [(k - 1 - low, k - 1 - high) for k, (low, high) in zip(kernel_size, padding, strict=True)]
+  out = lax.conv_general_dilated(dy, x, (1, 1), pads, dimension_numbers=("CHWN", "IHWO", "HWNC"))
+  return jnp.transpose(out[::-1, ::-1], (0, 1, 3, 2))  # [kh, kw, Co, Ci] reversed -> HWIO
+
+
+def _phases(k: int, low: int, stride: int, size: int, out_size: int):
+  """Along one axis, the stride-1 problems of a strided kernel gradient.
+
+  Taps ``a, a + s, a + 2s, ...`` of the kernel only ever meet input positions ``s*t + a - low``,
+  i.e. the phase ``x[p::s]`` with ``p = (a - low) mod s``, shifted by a whole number of steps:
+  a stride-1 kernel gradient with ``len(range(a, k, s))`` taps and its own padding. Yields
+  ``(a, p, taps, (pad_low, pad_high))`` for each ``a < min(s, k)``. (Keeping each phase at
+  ``dy``'s size and expressing the offset as padding matters: the same gradient over a phase
+  cropped to ``out_size + taps - 1`` rows was 10x slower on XLA:CPU.)
+  """
+  for a in range(min(stride, k)):
+    taps, p = len(range(a, k, stride)), (a - low) % stride
+    pad_low = (low - a + p) // stride
+    yield a, p, taps, (pad_low, out_size + taps - 1 - len(range(p, size, stride)) - pad_low)
 
 
 def kernel_gradient(x: Array, dy: Array, kernel_size: Sequence[int],
-                    padding: Sequence[tuple[int, int]]) -> Array:
-  """``dW`` of a stride-1 NHWC/HWIO convolution, computed with ``dy`` as the convolution's input.
-
-  Per spatial axis ``dW[k-1-o] = sum_t dy_pad[o + t] x[t]`` with ``dy`` padded by
-  ``k - 1 - pad_low`` below: a convolution whose "input" is ``dy`` (batch = output channels,
-  features = the batch) and whose "kernel" is ``x`` (input features = the batch, output
-  features = input channels), read backwards.
+                    padding: Sequence[tuple[int, int]],
+                    strides: Sequence[int] = (1, 1)) -> Array:
+  """``dW`` of an NHWC/HWIO convolution, computed with ``dy`` as the convolution's input.
 
   Args:
     x: ``[B, H, W, Ci]``, the convolution's input.
     dy: ``[B, Ho, Wo, Co]``, the gradient of its output.
     kernel_size: ``(kh, kw)``.
     padding: the convolution's ``((low, high), (low, high))``.
+    strides: the convolution's ``(sh, sw)``; strided gradients are assembled from the
+      stride-1 gradients of the input's ``sh * sw`` phases (:func:`_phases`).
   Returns:
     ``[kh, kw, Ci, Co]``.
   """
-  pads = [(k - 1 - low, k - 1 - high) for k, (low, high) in zip(kernel_size, padding, strict=True)]
-  out = lax.conv_general_dilated(dy, x, (1, 1), pads, dimension_numbers=("CHWN", "IHWO", "HWNC"))
-  return jnp.transpose(out[::-1, ::-1], (0, 1, 3, 2))  # [kh, kw, Co, Ci] reversed -> HWIO
+  if tuple(strides) == (1, 1):
+    return _stride1_kernel_gradient(x, dy, kernel_size, padding)
+  (sh, sw), (kh, kw) = strides, kernel_size
+  dw = jnp.zeros((kh, kw, x.shape[-1], dy.shape[-1]), dy.dtype)
+  for a, p, taps_h, pad_h in _phases(kh, padding[0][0], sh, x.shape[1], dy.shape[1]):
+    for b, q, taps_w, pad_w in _phases(kw, padding[1][0], sw, x.shape[2], dy.shape[2]):
+      phase = _stride1_kernel_gradient(x[:, p::sh, q::sw], dy, (taps_h, taps_w), (pad_h, pad_w))
+      dw = dw.at[a::sh, b::sw].set(phase)
+  return dw
 
 
-def _conv_bwd(padding, residuals, dy):
+def _conv_bwd(strides, padding, residuals, dy):
   x, kernel = residuals
-  _, input_vjp = jax.vjp(lambda t: _forward(t, kernel, padding), x)
+  _, input_vjp = jax.vjp(lambda t: _forward(t, kernel, strides, padding), x)
   dx, = input_vjp(dy)
-  return dx, kernel_gradient(x, dy, kernel.shape[:2], padding).astype(kernel.dtype)
+  return dx, kernel_gradient(x, dy, kernel.shape[:2], padding, strides).astype(kernel.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
@@ -84,13 +117,10 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int],
                          preferred_element_type: jnp.dtype | None = None) -> Array:
   """Drop-in for ``lax.conv_general_dilated`` (``flax.linen.Conv(conv_general_dilated=...)``).
 
-  Plain 2-D NHWC/HWIO convolutions (stride 1, explicit padding, no dilation, no groups) get the
-  kernel gradient of :func:`kernel_gradient`; anything else goes to ``lax`` unchanged. (Strided
-  ones would need ``dy`` dilated or the input rearranged space-to-depth, both slower on XLA:CPU
-  than ``lax``'s own gradient, or split into phases, exact but no faster in a train step:
-  docs/performance.md.)
+  Plain 2-D NHWC/HWIO convolutions (any stride, explicit padding, no dilation, no groups) get
+  the kernel gradient of :func:`kernel_gradient`; anything else goes to ``lax`` unchanged.
   """
-  plain = (tuple(window_strides) == (1, 1) and not isinstance(padding, str)
+  plain = (not isinstance(padding, str)
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
            and all(d == 1 for d in (rhs_dilation or (1, 1)))
            and feature_group_count == 1 and batch_group_count == 1
@@ -101,4 +131,4 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int],
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     batch_group_count, precision, preferred_element_type)
-  return _conv(lhs, rhs, tuple(tuple(p) for p in padding))
+  return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
