@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from regnet_jax import gate_kernel
 from regnet_jax.conv import conv_general_dilated as swapped_conv
 
 Array = jax.Array
@@ -33,7 +34,7 @@ Dtype = Any
 CELL_TYPES = ("rnn", "gru", "lstm")
 CELL_CONVS = ("light", "dense3x3")
 PAIRINGS = ("concat", "interleave")
-CONV_IMPLS = ("elementwise", "conv")
+CONV_IMPLS = ("elementwise", "conv", "kernel")
 
 _pointwise_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", 0, 1)
 _depthwise_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", (0, 1), 2)
@@ -118,8 +119,9 @@ class GateConv(nn.Module):
     gates: G, the number of gates computed from the same input.
     kind: ``'light'`` (grouped 1x1 with groups=N, then depthwise 3x3) or ``'dense3x3'``.
     pairing: channel pairing of the grouped 1x1, see :func:`_channel_pairs`.
-    impl: how the light-weight convolution is computed: ``'elementwise'`` or ``'conv'``;
-      both give the same result from the same parameters.
+    impl: how the light-weight convolution is computed: ``'elementwise'``, ``'conv'`` or
+      ``'kernel'`` (:mod:`regnet_jax.gate_kernel`, compiled C++; CPU, float32); all give the
+      same result from the same parameters.
     use_bias: one bias per gate channel (on the depthwise step for ``'light'``).
     grad: kernel gradient of the ``'dense3x3'`` convolution: ``'lax'`` (autodiff) or
       ``'swapped'`` (:mod:`regnet_jax.conv`; faster on CPU).
@@ -147,8 +149,13 @@ class GateConv(nn.Module):
     # Step 1: grouped 1x1, groups=N: gate channel (g, k) = w0[g,k] * p_k + w1[g,k] * q_k.
     pointwise = self.param("pointwise", _pointwise_init, (2, g * n))
     depthwise = self.param("depthwise", _depthwise_init, (3, 3, g * n))
+    bias = (self.param("bias", nn.initializers.zeros, (g * n,)) if self.use_bias
+            else jnp.zeros((g * n,))).astype(self.dtype)
     pointwise, depthwise = pointwise.astype(self.dtype), depthwise.astype(self.dtype)
     p, q = _channel_pairs(a.astype(self.dtype), b.astype(self.dtype), self.pairing)
+    if self.impl == "kernel":
+      gate_kernel.check_supported(self.dtype)
+      return gate_kernel.gate(p, q, pointwise, depthwise, bias)
     if self.impl == "conv":
       # Pair channels (p_k, q_k) as input group k; group k's outputs are its G gates.
       pq = jnp.stack([p, q], axis=-1).reshape(*p.shape[:-1], 2 * n)
@@ -164,9 +171,7 @@ class GateConv(nn.Module):
       y = jnp.concatenate([
           depthwise3x3(p * pointwise[0, c] + q * pointwise[1, c], depthwise[..., c], self.impl)
           for c in gate], axis=-1)
-    if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (g * n,)).astype(self.dtype)
-    return y
+    return y + bias if self.use_bias else y
 
 
 def initial_state(cell: str, x: Array) -> tuple[Array, ...]:

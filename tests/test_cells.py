@@ -35,7 +35,7 @@ def dense_reference(params, a, b, pairing):
 
 
 @pytest.mark.parametrize("pairing", ["concat", "interleave"])
-@pytest.mark.parametrize("impl", ["elementwise", "conv"])
+@pytest.mark.parametrize("impl", ["elementwise", "conv", "kernel"])
 def test_light_conv_equals_sparse_dense_reference(pairing, impl):
   a, b = _inputs()
   layer = GateConv(N, G, pairing=pairing, impl=impl)
@@ -47,11 +47,13 @@ def test_light_conv_equals_sparse_dense_reference(pairing, impl):
 
 
 @pytest.mark.parametrize("pairing", ["concat", "interleave"])
-def test_light_conv_gradients_equal_dense_reference(pairing):
-  """The elementwise form's hand-written depthwise gradient against autodiff of the dense
-  reference: gradients for both inputs and every parameter, at a random cotangent."""
+@pytest.mark.parametrize("impl", ["elementwise", "kernel"])
+def test_light_conv_gradients_equal_dense_reference(pairing, impl):
+  """The elementwise form's hand-written depthwise gradient, and the compiled kernel's
+  gradient, against autodiff of the dense reference: gradients for both inputs and every
+  parameter, at a random cotangent."""
   a, b = _inputs(7)
-  layer = GateConv(N, G, pairing=pairing)
+  layer = GateConv(N, G, pairing=pairing, impl=impl)
   params = layer.init(jax.random.PRNGKey(1), a, b)["params"]
   cotangent = jax.random.normal(jax.random.PRNGKey(3), (2, 5, 7, G * N))
   loss = lambda f: lambda p, a, b: jnp.vdot(f(p, a, b), cotangent)

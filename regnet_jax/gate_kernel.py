@@ -1,0 +1,114 @@
+"""``cell_impl='kernel'``: the light-weight gate convolution as one compiled CPU kernel.
+
+The cells' light-weight gates (:class:`regnet_jax.cells.GateConv`) are memory-bound chains of
+small operations, and XLA:CPU materialises many intermediates of their forward and backward
+passes. ``gate_kernel.cc`` computes a gate's pair mix, depthwise 3x3 and bias in one pass, and
+its whole gradient in another, called through JAX's FFI. It is compiled on first use with the
+system's C++ compiler (``$CXX``, else ``c++``) against the FFI headers shipped with jaxlib, and
+cached under ``$REGNET_KERNEL_CACHE`` (default ``~/.cache/regnet_jax``) per source, compiler,
+jaxlib and CPU. CPU backend and float32 only; results equal ``cell_impl='elementwise'`` up to
+float rounding (``tests/test_gate_kernel.py``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+_SOURCE = Path(__file__).with_name("gate_kernel.cc")
+_FLAGS = ("-O3", "-march=native", "-std=c++20", "-shared", "-fPIC", "-pthread")
+
+
+def _cpu_id() -> str:
+  """The CPU's model and feature flags (``-march=native`` code is only valid on such a CPU)."""
+  try:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+  except OSError:
+    return platform.processor()
+  return "".join(line for line in lines if line.startswith(("model name", "flags")))[:4096]
+
+
+@functools.cache
+def _library() -> ctypes.CDLL:
+  compiler = os.environ.get("CXX", "c++")
+  if shutil.which(compiler) is None:
+    raise RuntimeError(
+        f"cell_impl='kernel' compiles {_SOURCE.name} with a C++20 compiler, and {compiler!r} was "
+        "not found: install one (e.g. `apt install g++`) or set $CXX, or use "
+        "cell_impl='elementwise' (same results, pure XLA).")
+  key = hashlib.sha256(b"\0".join([
+      _SOURCE.read_bytes(), compiler.encode(), " ".join(_FLAGS).encode(),
+      jax.ffi.include_dir().encode(), _cpu_id().encode()])).hexdigest()[:16]
+  cache = Path(os.environ.get("REGNET_KERNEL_CACHE", Path.home() / ".cache" / "regnet_jax"))
+  path = cache / f"gate_kernel-{key}.so"
+  if not path.exists():
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:  # atomic: parallel test workers
+      out = Path(tmp) / path.name
+      result = subprocess.run(
+          [compiler, *_FLAGS, "-I", jax.ffi.include_dir(), str(_SOURCE), "-o", str(out)],
+          capture_output=True, text=True)
+      if result.returncode != 0:
+        raise RuntimeError(f"compiling {_SOURCE} failed (use cell_impl='elementwise' meanwhile):\n"
+                           + result.stderr[-3000:])
+      os.replace(out, path)
+  return ctypes.cdll.LoadLibrary(str(path))
+
+
+@functools.cache
+def _register() -> None:
+  lib = _library()
+  for name in ("RegnetGateFwd", "RegnetGateBwd"):
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+
+
+def check_supported(dtype: jnp.dtype) -> None:
+  """Raises a ValueError unless the kernel can run here: CPU backend, float32."""
+  if jax.default_backend() != "cpu":
+    raise ValueError(f"cell_impl='kernel' is a CPU kernel; the backend is "
+                     f"{jax.default_backend()!r}: use cell_impl='elementwise'")
+  if jnp.dtype(dtype) != jnp.float32:
+    raise ValueError(f"cell_impl='kernel' computes in float32, not {jnp.dtype(dtype).name}: "
+                     "use cell_impl='elementwise'")
+
+
+@jax.custom_vjp
+def gate(p: Array, q: Array, pointwise: Array, depthwise: Array, bias: Array) -> Array:
+  """G light-weight gate convolutions of the channel pairs ``(p_n, q_n)``.
+
+  Args:
+    p, q: ``[B, H, W, N]``, the pairs' first and second members.
+    pointwise: ``[2, G*N]``, the grouped 1x1's weights (gate-major).
+    depthwise: ``[3, 3, G*N]``.
+    bias: ``[G*N]``.
+  Returns:
+    ``[B, H, W, G*N]``: gate g's channel n is ``bias + depthwise3x3(w0 * p_n + w1 * q_n)``.
+  """
+  _register()
+  out = jax.ShapeDtypeStruct(p.shape[:-1] + bias.shape, jnp.float32)
+  return jax.ffi.ffi_call("RegnetGateFwd", out)(p, q, pointwise, depthwise, bias)
+
+
+def _gate_fwd(p, q, pointwise, depthwise, bias):
+  return gate(p, q, pointwise, depthwise, bias), (p, q, pointwise, depthwise)
+
+
+def _gate_bwd(residuals, dy):
+  _register()
+  shapes = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in residuals]
+  bias = jax.ShapeDtypeStruct(dy.shape[-1:], jnp.float32)
+  return tuple(jax.ffi.ffi_call("RegnetGateBwd", (*shapes, bias))(*residuals, dy))
+
+
+gate.defvjp(_gate_fwd, _gate_bwd)

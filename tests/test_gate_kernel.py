@@ -1,0 +1,105 @@
+"""The compiled gate kernel (cell_impl='kernel') against the elementwise XLA form."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, PartitionSpec
+
+from regnet_jax import gate_kernel, models
+from regnet_jax.cells import GateConv
+
+
+def _reference(p, q, pointwise, depthwise, bias):
+  """The same gates written with plain jnp ops and autodiff (no custom VJP)."""
+  n = p.shape[-1]
+  mix = jnp.concatenate([p] * (bias.shape[0] // n), -1) * pointwise[0] + jnp.concatenate(
+      [q] * (bias.shape[0] // n), -1) * pointwise[1]
+  h, w = p.shape[1:3]
+  padded = jnp.pad(mix, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return bias + sum(padded[:, i:i + h, j:j + w] * depthwise[i, j]
+                    for i in range(3) for j in range(3))
+
+
+def _args(shape, gates, seed=0):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 6)
+  c = gates * shape[-1]
+  return (jax.random.normal(keys[0], shape), jax.random.normal(keys[1], shape),
+          jax.random.normal(keys[2], (2, c)), jax.random.normal(keys[3], (3, 3, c)),
+          jax.random.normal(keys[4], (c,))), jax.random.normal(keys[5], (*shape[:-1], c))
+
+
+# Odd sizes, 1-pixel images (every tap hits the padding), one image and more images than
+# threads, 1 to 4 gates (RNN, GRU z|r, ..., LSTM), a width that is not a multiple of 8.
+@pytest.mark.parametrize("shape,gates", [
+    ((2, 5, 7, 3), 2), ((1, 1, 1, 4), 4), ((3, 1, 6, 5), 1), ((5, 4, 2, 8), 3),
+    ((1, 9, 9, 16), 4)])
+def test_forward_and_gradients_equal_reference(shape, gates):
+  args, cotangent = _args(shape, gates)
+  np.testing.assert_allclose(gate_kernel.gate(*args), _reference(*args), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda *a: jnp.vdot(f(*a), cotangent)
+  got = jax.grad(loss(gate_kernel.gate), range(5))(*args)
+  want = jax.grad(loss(_reference), range(5))(*args)
+  for g, w in zip(got, want, strict=True):
+    assert g.shape == w.shape
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_gate_conv_without_bias_equals_elementwise():
+  a, b = (jax.random.normal(jax.random.PRNGKey(i), (2, 4, 4, 6)) for i in range(2))
+  layers = [GateConv(6, 2, use_bias=False, impl=impl) for impl in ("elementwise", "kernel")]
+  params = layers[0].init(jax.random.PRNGKey(2), a, b)
+  assert "bias" not in params["params"]
+  np.testing.assert_allclose(layers[1].apply(params, a, b), layers[0].apply(params, a, b),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_sharded_over_devices_equals_one_call():
+  """Inside ``shard_map`` (the train step's data parallelism) each device runs the kernel on
+  its share of the batch; together they equal one call on the whole batch."""
+  args, _ = _args((8, 4, 4, 4), 2)
+  mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+  batch, rep = PartitionSpec("data"), PartitionSpec()
+  sharded = jax.jit(jax.shard_map(gate_kernel.gate, mesh=mesh,
+                                  in_specs=(batch, batch, rep, rep, rep), out_specs=batch))
+  np.testing.assert_allclose(sharded(*args), gate_kernel.gate(*args), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["regnet20_gru", "regnet20_lstm"])
+def test_model_gradients_equal_elementwise(name):
+  """A whole RegNet's loss and parameter gradients: 'kernel' equals 'elementwise'."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  make = lambda impl: models.create_model(name, 10, depth=8, cell_impl=impl)
+  variables = make("elementwise").init(jax.random.PRNGKey(1), x, train=False)
+
+  def grads(impl):
+    def loss(params):
+      logits, _ = make(impl).apply(dict(variables, params=params), x, train=True,
+                                   mutable=["batch_stats"])
+      return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
+    return jax.value_and_grad(loss)(variables["params"])
+
+  (loss_k, grad_k), (loss_e, grad_e) = grads("kernel"), grads("elementwise")
+  np.testing.assert_allclose(loss_k, loss_e, rtol=1e-5)
+  for k, e in zip(jax.tree.leaves(grad_k), jax.tree.leaves(grad_e), strict=True):
+    np.testing.assert_allclose(k, e, rtol=1e-4, atol=1e-4)
+
+
+def test_unsupported_dtype_is_a_clear_error():
+  a = jnp.ones((1, 4, 4, 2), jnp.bfloat16)
+  with pytest.raises(ValueError, match=r"float32.*cell_impl='elementwise'"):
+    GateConv(2, 1, impl="kernel", dtype=jnp.bfloat16).init(jax.random.PRNGKey(0), a, a)
+
+
+def test_missing_compiler_is_a_clear_error(monkeypatch, tmp_path):
+  monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+  monkeypatch.setenv("REGNET_KERNEL_CACHE", str(tmp_path))
+  gate_kernel._library.cache_clear()
+  try:
+    with pytest.raises(RuntimeError, match=r"no-such-compiler-xyz.*cell_impl='elementwise'"):
+      gate_kernel._library()
+  finally:
+    gate_kernel._library.cache_clear()
+  assert not os.listdir(tmp_path)
