@@ -188,12 +188,14 @@ def _median_ms(times: list[float]) -> float:
   return 1e3 * statistics.median(times)
 
 
-def side_by_side(name: str, batch_size: int, steps: int, rounds: int) -> dict[str, Any]:
-  """Alternates JAX, PyTorch NCHW and PyTorch channels-last train steps on the same batch."""
+def side_by_side(name: str, batch_size: int, steps: int, rounds: int,
+                 jax_args: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Alternates JAX, PyTorch NCHW and PyTorch channels-last train steps on the same batch;
+  ``jax_args`` are attribute overrides of the JAX model (e.g. ``cell_impl='kernel'``)."""
   import ml_collections
   import optax
 
-  model = models.create_model(name, 10)
+  model = models.create_model(name, 10, **(jax_args or {}))
   config = ml_collections.ConfigDict(dict(label_smoothing=0.0, weight_decay=1e-4, momentum=0.9,
                                           nesterov=False))
   schedule = optax.constant_schedule(0.1)
@@ -241,7 +243,8 @@ def side_by_side(name: str, batch_size: int, steps: int, rounds: int) -> dict[st
         fn()
         times[key].append(time.perf_counter() - start)
   ms = {k: _median_ms(v) for k, v in times.items()}
-  return {"model": name, "batch": batch_size, "threads": torch.get_num_threads(),
+  return {"model": name, "jax_args": ",".join(f"{k}={v}" for k, v in (jax_args or {}).items())
+          or "default", "batch": batch_size, "threads": torch.get_num_threads(),
           **{f"{k}_img_s": 1e3 * batch_size / v for k, v in ms.items()},
           "jax_vs_nchw": f"{ms['torch_nchw'] / ms['jax']:.2f}x",
           "jax_vs_channels_last": f"{ms['torch_channels_last'] / ms['jax']:.2f}x"}
@@ -253,11 +256,15 @@ def main() -> None:
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--steps", type=int, default=3, help="timed steps per round and framework")
   parser.add_argument("--rounds", type=int, default=3, help="alternations of the frameworks")
+  parser.add_argument("--jax_args", nargs="*", default=[],
+                      help="JAX model attribute overrides, e.g. cell_impl=kernel")
   args = parser.parse_args()
   host.reexec_with_cpu_settings()
-  from benchmarks.throughput import print_table
+  from benchmarks.throughput import parse_value, print_table
 
-  rows = [side_by_side(m, args.batch_size, args.steps, args.rounds) for m in args.models]
+  jax_args = {k: parse_value(v) for k, v in (a.split("=", 1) for a in args.jax_args)}
+  rows = [side_by_side(m, args.batch_size, args.steps, args.rounds, jax_args)
+          for m in args.models]
   print(f"# train step, float32, batch {args.batch_size}; jax {jax.__version__}, "
         f"torch {torch.__version__}; ratios > 1: JAX is faster")
   print_table(rows)
