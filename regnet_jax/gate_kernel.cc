@@ -1,9 +1,10 @@
 // The light-weight gate convolution of regnet_jax/cells.py as one CPU kernel (cell_impl='kernel').
 //
-// Forward:  y[b,h,x,c] = bias[c] + sum_{i,j} k[i,j,c] * m[b, h+i-1, x+j-1, c], zero-padded, where
-//           m[.., g*N + n] = w[0, g*N+n] * p[.., n] + w[1, g*N+n] * q[.., n]  (the pair mix of gate g).
-// Backward: dm = the same taps over dy with the kernel flipped; dk, dbias, dw reduced over the batch
-//           (one accumulator per thread); dp[.., n] = sum_g w[0, g*N+n] dm[.., g*N+n], dq likewise.
+// Forward:  y[b,h,x,c] = bias[c] + sum_{i,j} k[i,j,c] * m[b, h+i-1, x+j-1, c] (zero-padded),
+//           m[.., g*N + n] = w[0, g*N+n] * p[.., n] + w[1, g*N+n] * q[.., n] (gate g's pair mix).
+// Backward: dm = the same taps over dy with the kernel flipped; dk, dbias, dw reduced over the
+//           batch (one accumulator per thread); dp[.., n] = sum_g w[0, g*N+n] dm[.., g*N+n], and
+//           dq likewise.
 // Shapes (NHWC, float32, C-contiguous): p, q [B, H, W, N]; w [2, C]; k [3, 3, C]; bias [C];
 // y, dy [B, H, W, C] with C = G*N. The mix is recomputed row by row into a three-row ring
 // buffer, so each pass reads p, q (and dy) once and writes y (or dp, dq) once (measured against
@@ -166,9 +167,11 @@ ffi::Error GateBwdImpl(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> q, ffi::Bu
             typename V::T gx = V::Load(g + x * C + c);
             sums[9] += gx;
             for (int i = 0; i < 3; ++i)
-              for (int j = 0; j < 3; ++j) sums[i * 3 + j] += V::Load(rows[i] + (x + j) * C + c) * gx;
+              for (int j = 0; j < 3; ++j)
+                sums[i * 3 + j] += V::Load(rows[i] + (x + j) * C + c) * gx;
           }
-          for (int ij = 0; ij < 9; ++ij) V::Store(adk + ij * C + c, V::Load(adk + ij * C + c) + sums[ij]);
+          for (int ij = 0; ij < 9; ++ij)
+            V::Store(adk + ij * C + c, V::Load(adk + ij * C + c) + sums[ij]);
           V::Store(adb + c, V::Load(adb + c) + sums[9]);
         });
         // dm[x] of input row h: sum_{i,j} k[i,j] * dy[h-i+1, x-j+1] over the rows and columns
