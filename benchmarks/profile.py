@@ -9,8 +9,8 @@ kernels (one trace event per HLO instruction that runs: fusions, convolutions, c
 milliseconds per step, either per kernel (``--by kernel``, with its output shape and the source
 operation XLA recorded for it) or per kind of kernel (``--by kind``: the name without its
 number, e.g. every ``transpose_copy_fusion``). On a CPU the thunk executor runs independent
-kernels on several threads at once, so the kernels' sum (``kernel_ms_per_step``) can exceed
-the step's wall time (``wall_ms_per_step``); shares are of the sum.
+kernels on several threads at once, so the kernels' sum (the ``(all kernels)`` row) can
+exceed the step's wall time (``wall_ms_per_step``); shares are of the sum.
 """
 
 from __future__ import annotations
@@ -80,18 +80,12 @@ def profile_model(name: str, overrides: dict, batch_size: int, steps: int, warmu
     groups[key][1] += len(durations) / steps
   total = sum(ms for ms, _ in groups.values())
   variant = ",".join(f"{k}={v}" for k, v in overrides.items()) or "default"
-  rows = []
-  for key, (ms, count) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]:
-    rows.append({"model": name, "variant": variant, by: key, "ms_per_step": ms,
-                 "share_pct": 100 * ms / total, "calls_per_step": count,
-                 **({"shape_and_source": info.get(key, "")} if by == "kernel" else {})})
-  rows.append({"model": name, "variant": variant, by: "(all kernels)", "ms_per_step": total,
-               "share_pct": 100.0, "calls_per_step": sum(c for _, c in groups.values()),
-               **({"shape_and_source": f"wall {wall_ms:.1f} ms/step"} if by == "kernel"
-                  else {})})
-  if by == "kind":
-    rows[-1]["calls_per_step"] = f"{rows[-1]['calls_per_step']:.0f}; wall {wall_ms:.1f} ms/step"
-  return rows
+  ranked = sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]
+  ranked.append(("(all kernels)", (total, sum(c for _, c in groups.values()))))
+  return [{"model": name, "variant": variant, by: key, "ms_per_step": ms,
+           "share_pct": 100 * ms / total, "calls_per_step": count, "wall_ms_per_step": wall_ms,
+           **({"shape_and_source": info.get(key, "")} if by == "kernel" else {})}
+          for key, (ms, count) in ranked]
 
 
 def main() -> None:

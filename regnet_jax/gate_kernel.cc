@@ -17,6 +17,8 @@
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using F32Buffer = ffi::Buffer<ffi::F32>;
+using F32Result = ffi::ResultBuffer<ffi::F32>;
 
 namespace {
 
@@ -89,9 +91,28 @@ int64_t NumThreads(int64_t batch) {
   return std::max<int64_t>(1, std::min<int64_t>(batch, std::thread::hardware_concurrency()));
 }
 
-ffi::Error GateFwdImpl(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> w,
-                       ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> bias,
-                       ffi::ResultBuffer<ffi::F32> y) {
+// Calls fn(b, h, rows) for every row h of thread t's images b (b = t, t + threads, ...), where
+// rows[i] is the zero-padded pair mix of input row h + i - 1, (W + 2) * C floats (MixRow).
+template <typename F>
+void ForEachMixedRow(const Shape& s, const float* p, const float* q, const float* w0,
+                     const float* w1, int64_t t, int64_t threads, F&& fn) {
+  std::vector<float> buf(3 * (s.W + 2) * s.C);
+  auto row = [&](int64_t r) { return buf.data() + ((r + 3) % 3) * (s.W + 2) * s.C; };
+  for (int64_t b = t; b < s.B; b += threads) {
+    const float* pb = p + b * s.H * s.W * s.N;
+    const float* qb = q + b * s.H * s.W * s.N;
+    MixRow(s, pb, qb, w0, w1, -1, row(-1));
+    MixRow(s, pb, qb, w0, w1, 0, row(0));
+    for (int64_t h = 0; h < s.H; ++h) {
+      MixRow(s, pb, qb, w0, w1, h + 1, row(h + 1));
+      const float* rows[3] = {row(h - 1), row(h), row(h + 1)};
+      fn(b, h, rows);
+    }
+  }
+}
+
+ffi::Error GateFwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer bias,
+                       F32Result y) {
   auto d = p.dimensions();
   Shape s{d[0], d[1], d[2], d[3], bias.dimensions()[0]};
   const int64_t C = s.C, W = s.W;
@@ -100,38 +121,26 @@ ffi::Error GateFwdImpl(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> q, ffi::Bu
   const float* kk = k.typed_data();
   const float* bb = bias.typed_data();
   ParallelOverBatch(s.B, NumThreads(s.B), [&](int64_t t, int64_t threads) {
-    std::vector<float> buf(3 * (W + 2) * C);
-    auto row = [&](int64_t r) { return buf.data() + ((r + 3) % 3) * (W + 2) * C; };
-    for (int64_t b = t; b < s.B; b += threads) {
-      const float* pb = p.typed_data() + b * s.H * W * s.N;
-      const float* qb = q.typed_data() + b * s.H * W * s.N;
-      float* yb = y->typed_data() + b * s.H * W * C;
-      MixRow(s, pb, qb, w0, w1, -1, row(-1));
-      MixRow(s, pb, qb, w0, w1, 0, row(0));
-      for (int64_t h = 0; h < s.H; ++h) {
-        MixRow(s, pb, qb, w0, w1, h + 1, row(h + 1));
-        const float* rows[3] = {row(h - 1), row(h), row(h + 1)};
-        for (int64_t x = 0; x < W; ++x) {
-          ForChannelBlocks(C, [&]<int L>(int64_t c) {
-            using V = Vec<L>;
-            typename V::T acc = V::Load(bb + c);
-            for (int i = 0; i < 3; ++i)
-              for (int j = 0; j < 3; ++j)
-                acc += V::Load(kk + (i * 3 + j) * C + c) * V::Load(rows[i] + (x + j) * C + c);
-            V::Store(yb + (h * W + x) * C + c, acc);
-          });
-        }
+    ForEachMixedRow(s, p.typed_data(), q.typed_data(), w0, w1, t, threads,
+                    [&](int64_t b, int64_t h, const float* const* rows) {
+      float* yh = y->typed_data() + (b * s.H + h) * W * C;
+      for (int64_t x = 0; x < W; ++x) {
+        ForChannelBlocks(C, [&]<int L>(int64_t c) {
+          using V = Vec<L>;
+          typename V::T acc = V::Load(bb + c);
+          for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j)
+              acc += V::Load(kk + (i * 3 + j) * C + c) * V::Load(rows[i] + (x + j) * C + c);
+          V::Store(yh + x * C + c, acc);
+        });
       }
-    }
+    });
   });
   return ffi::Error::Success();
 }
 
-ffi::Error GateBwdImpl(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> w,
-                       ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> dy,
-                       ffi::ResultBuffer<ffi::F32> dp, ffi::ResultBuffer<ffi::F32> dq,
-                       ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> dk,
-                       ffi::ResultBuffer<ffi::F32> dbias) {
+ffi::Error GateBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer dy,
+                       F32Result dp, F32Result dq, F32Result dw, F32Result dk, F32Result dbias) {
   auto d = p.dimensions();
   Shape s{d[0], d[1], d[2], d[3], dy.dimensions()[3]};
   const int64_t C = s.C, W = s.W, N = s.N, G = C / N;
@@ -141,82 +150,77 @@ ffi::Error GateBwdImpl(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> q, ffi::Bu
   const int64_t num_threads = NumThreads(s.B);
   std::vector<float> acc(num_threads * 12 * C, 0.f);  // per thread: dk (9C), dw0, dw1, dbias
   ParallelOverBatch(s.B, num_threads, [&](int64_t t, int64_t threads) {
-    std::vector<float> buf(3 * (W + 2) * C), dm(W * C);
-    auto row = [&](int64_t r) { return buf.data() + ((r + 3) % 3) * (W + 2) * C; };
+    std::vector<float> dm(W * C);
     float* a = acc.data() + t * 12 * C;
     float *adk = a, *adw0 = a + 9 * C, *adw1 = a + 10 * C, *adb = a + 11 * C;
-    for (int64_t b = t; b < s.B; b += threads) {
-      const float* pb = p.typed_data() + b * s.H * W * N;
-      const float* qb = q.typed_data() + b * s.H * W * N;
-      const float* dyb = dy.typed_data() + b * s.H * W * C;
-      float* dpb = dp->typed_data() + b * s.H * W * N;
-      float* dqb = dq->typed_data() + b * s.H * W * N;
-      MixRow(s, pb, qb, w0, w1, -1, row(-1));
-      MixRow(s, pb, qb, w0, w1, 0, row(0));
-      for (int64_t h = 0; h < s.H; ++h) {
-        MixRow(s, pb, qb, w0, w1, h + 1, row(h + 1));
-        const float* rows[3] = {row(h - 1), row(h), row(h + 1)};
-        const float* g = dyb + h * W * C;
-        // dk[i, j] += sum_x m[h+i-1, x+j-1] * dy[h, x]; dbias += sum_x dy[h, x]: the ten sums
-        // of a channel block stay in registers along the row.
+    ForEachMixedRow(s, p.typed_data(), q.typed_data(), w0, w1, t, threads,
+                    [&](int64_t b, int64_t h, const float* const* rows) {
+      const int64_t image = b * s.H * W;
+      const float* pb = p.typed_data() + image * N;
+      const float* qb = q.typed_data() + image * N;
+      const float* dyb = dy.typed_data() + image * C;
+      float* dpb = dp->typed_data() + image * N;
+      float* dqb = dq->typed_data() + image * N;
+      const float* g = dyb + h * W * C;
+      // dk[i, j] += sum_x m[h+i-1, x+j-1] * dy[h, x]; dbias += sum_x dy[h, x]: the ten sums
+      // of a channel block stay in registers along the row.
+      ForChannelBlocks(C, [&]<int L>(int64_t c) {
+        using V = Vec<L>;
+        typename V::T sums[10];
+        for (auto& v : sums) v = V::Zero();
+        for (int64_t x = 0; x < W; ++x) {
+          typename V::T gx = V::Load(g + x * C + c);
+          sums[9] += gx;
+          for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j)
+              sums[i * 3 + j] += V::Load(rows[i] + (x + j) * C + c) * gx;
+        }
+        for (int ij = 0; ij < 9; ++ij)
+          V::Store(adk + ij * C + c, V::Load(adk + ij * C + c) + sums[ij]);
+        V::Store(adb + c, V::Load(adb + c) + sums[9]);
+      });
+      // dm[x] of input row h: sum_{i,j} k[i,j] * dy[h-i+1, x-j+1] over the rows and columns
+      // inside the image.
+      for (int64_t x = 0; x < W; ++x) {
         ForChannelBlocks(C, [&]<int L>(int64_t c) {
           using V = Vec<L>;
-          typename V::T sums[10];
-          for (auto& v : sums) v = V::Zero();
-          for (int64_t x = 0; x < W; ++x) {
-            typename V::T gx = V::Load(g + x * C + c);
-            sums[9] += gx;
-            for (int i = 0; i < 3; ++i)
-              for (int j = 0; j < 3; ++j)
-                sums[i * 3 + j] += V::Load(rows[i] + (x + j) * C + c) * gx;
+          typename V::T sum = V::Zero();
+          for (int i = 0; i < 3; ++i) {
+            const int64_t ho = h - i + 1;
+            if (ho < 0 || ho >= s.H) continue;
+            for (int j = 0; j < 3; ++j) {
+              const int64_t xo = x - j + 1;
+              if (xo < 0 || xo >= W) continue;
+              sum += V::Load(kk + (i * 3 + j) * C + c) * V::Load(dyb + (ho * W + xo) * C + c);
+            }
           }
-          for (int ij = 0; ij < 9; ++ij)
-            V::Store(adk + ij * C + c, V::Load(adk + ij * C + c) + sums[ij]);
-          V::Store(adb + c, V::Load(adb + c) + sums[9]);
+          V::Store(dm.data() + x * C + c, sum);
         });
-        // dm[x] of input row h: sum_{i,j} k[i,j] * dy[h-i+1, x-j+1] over the rows and columns
-        // inside the image.
-        for (int64_t x = 0; x < W; ++x) {
-          ForChannelBlocks(C, [&]<int L>(int64_t c) {
-            using V = Vec<L>;
-            typename V::T sum = V::Zero();
-            for (int i = 0; i < 3; ++i) {
-              const int64_t ho = h - i + 1;
-              if (ho < 0 || ho >= s.H) continue;
-              for (int j = 0; j < 3; ++j) {
-                const int64_t xo = x - j + 1;
-                if (xo < 0 || xo >= W) continue;
-                sum += V::Load(kk + (i * 3 + j) * C + c) * V::Load(dyb + (ho * W + xo) * C + c);
-              }
-            }
-            V::Store(dm.data() + x * C + c, sum);
-          });
-        }
-        // Through the pair mix.
-        for (int64_t x = 0; x < W; ++x) {
-          const float* __restrict pr = pb + (h * W + x) * N;
-          const float* __restrict qr = qb + (h * W + x) * N;
-          float* __restrict dpr = dpb + (h * W + x) * N;
-          float* __restrict dqr = dqb + (h * W + x) * N;
-          const float* m = dm.data() + x * C;
-          std::memset(dpr, 0, sizeof(float) * N);
-          std::memset(dqr, 0, sizeof(float) * N);
-          for (int64_t gg = 0; gg < G; ++gg) {
-            const float* __restrict mg = m + gg * N;
-            const float* __restrict a0 = w0 + gg * N;
-            const float* __restrict a1 = w1 + gg * N;
-            float* __restrict e0 = adw0 + gg * N;
-            float* __restrict e1 = adw1 + gg * N;
-            for (int64_t n = 0; n < N; ++n) {
-              dpr[n] += a0[n] * mg[n];
-              dqr[n] += a1[n] * mg[n];
-              e0[n] += pr[n] * mg[n];
-              e1[n] += qr[n] * mg[n];
-            }
+      }
+      // Through the pair mix.
+      for (int64_t x = 0; x < W; ++x) {
+        const float* __restrict pr = pb + (h * W + x) * N;
+        const float* __restrict qr = qb + (h * W + x) * N;
+        float* __restrict dpr = dpb + (h * W + x) * N;
+        float* __restrict dqr = dqb + (h * W + x) * N;
+        const float* m = dm.data() + x * C;
+        std::memset(dpr, 0, sizeof(float) * N);
+        std::memset(dqr, 0, sizeof(float) * N);
+        for (int64_t gg = 0; gg < G; ++gg) {
+          const float* __restrict mg = m + gg * N;
+          const float* __restrict a0 = w0 + gg * N;
+          const float* __restrict a1 = w1 + gg * N;
+          float* __restrict e0 = adw0 + gg * N;
+          float* __restrict e1 = adw1 + gg * N;
+          for (int64_t n = 0; n < N; ++n) {
+            dpr[n] += a0[n] * mg[n];
+            dqr[n] += a1[n] * mg[n];
+            e0[n] += pr[n] * mg[n];
+            e1[n] += qr[n] * mg[n];
           }
         }
       }
-    }
+    });
   });
   float* odk = dk->typed_data();
   float* odw = dw->typed_data();
@@ -235,24 +239,15 @@ ffi::Error GateBwdImpl(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> q, ffi::Bu
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGateFwd, GateFwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+// Both handlers take (p, q, w, k, bias or dy).
+auto GateArgs() {
+  return ffi::Ffi::Bind().Arg<F32Buffer>().Arg<F32Buffer>().Arg<F32Buffer>().Arg<F32Buffer>()
+      .Arg<F32Buffer>();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGateFwd, GateFwdImpl, GateArgs().Ret<F32Buffer>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGateBwd, GateBwdImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              GateArgs()  // dp, dq, dw, dk, dbias
+                                  .Ret<F32Buffer>().Ret<F32Buffer>().Ret<F32Buffer>()
+                                  .Ret<F32Buffer>().Ret<F32Buffer>());
