@@ -83,7 +83,7 @@ def profile_model(name: str, overrides: dict, batch_size: int, steps: int, warmu
   ranked = sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]
   ranked.append(("(all kernels)", (total, sum(c for _, c in groups.values()))))
   return [{"model": name, "variant": variant, by: key, "ms_per_step": ms,
-           "share_pct": 100 * ms / total, "calls_per_step": count, "wall_ms_per_step": wall_ms,
+           "share_pct": ms / total * 100, "calls_per_step": count, "wall_ms_per_step": wall_ms,
            **({"shape_and_source": info.get(key, "")} if by == "kernel" else {})}
           for key, (ms, count) in ranked]
 
