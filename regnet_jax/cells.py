@@ -4,11 +4,10 @@ Every "2N -> N" convolution inside a cell is a :class:`GateConv`: either the pap
 light-weight two-step convolution (a grouped 1x1 with ``groups=N`` that fuses channel pairs,
 then a depthwise 3x3; 11N weights per gate) or a dense 3x3 convolution (18N^2 weights per
 gate; Table I's other row). All gates that read the same input share one module with
-stacked parameters: ``GateConv(features=N, gates=G)`` maps two N-channel inputs to G*N
-channels, gate-major (channels ``[g*N:(g+1)*N]`` belong to gate g). The default
-``impl='elementwise'`` computes each light-weight gate on its own and concatenates them
-(1.13x faster RegNet-20 train steps on XLA:CPU than one G*N-channel computation:
-docs/performance.md).
+stacked parameters: ``GateConv(features=N, gates=G)`` maps two N-channel inputs to a tuple of
+G gates, each N channels (its parameters are gate-major: channels ``[g*N:(g+1)*N]`` belong to
+gate g). The default ``impl='elementwise'`` computes each light-weight gate on its own (1.13x
+faster RegNet-20 train steps on XLA:CPU than one G*N-channel computation: docs/performance.md).
 
 Cells are plain linen modules over explicit inputs; the stage in ``models.py`` decides whether
 one cell's parameters are shared across the blocks of a stage (an RNN, the default) or each
@@ -138,24 +137,27 @@ class GateConv(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, a: Array, b: Array) -> Array:
-    """Maps ``a, b: [B, H, W, N]`` to the stacked gates ``[B, H, W, G*N]``."""
+  def __call__(self, a: Array, b: Array) -> tuple[Array, ...]:
+    """Maps ``a, b: [B, H, W, N]`` to the G gates, each ``[B, H, W, N]``."""
     n, g = self.features, self.gates
+    a, b = a.astype(self.dtype), b.astype(self.dtype)
     if self.kind == "dense3x3":
-      return nn.Conv(g * n, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias,
-                     dtype=self.dtype, name="conv",
-                     conv_general_dilated=swapped_conv if self.grad == "swapped" else None,
-                     )(jnp.concatenate([a, b], axis=-1))
+      y = nn.Conv(g * n, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias,
+                  dtype=self.dtype, name="conv",
+                  conv_general_dilated=swapped_conv if self.grad == "swapped" else None,
+                  )(jnp.concatenate([a, b], axis=-1))
+      return tuple(jnp.split(y, g, axis=-1))
     # Step 1: grouped 1x1, groups=N: gate channel (g, k) = w0[g,k] * p_k + w1[g,k] * q_k.
     pointwise = self.param("pointwise", _pointwise_init, (2, g * n))
     depthwise = self.param("depthwise", _depthwise_init, (3, 3, g * n))
     bias = (self.param("bias", nn.initializers.zeros, (g * n,)) if self.use_bias
             else jnp.zeros((g * n,))).astype(self.dtype)
     pointwise, depthwise = pointwise.astype(self.dtype), depthwise.astype(self.dtype)
-    p, q = _channel_pairs(a.astype(self.dtype), b.astype(self.dtype), self.pairing)
+    p, q = _channel_pairs(a, b, self.pairing)
     if self.impl == "kernel":
       gate_kernel.check_supported(self.dtype)
-      return gate_kernel.gate(p, q, pointwise, depthwise, bias)
+      return tuple(jnp.split(gate_kernel.gate(p, q, pointwise, depthwise, bias), g, axis=-1))
+    gates = [slice(i * n, (i + 1) * n) for i in range(g)]
     if self.impl == "conv":
       # Pair channels (p_k, q_k) as input group k; group k's outputs are its G gates.
       pq = jnp.stack([p, q], axis=-1).reshape(*p.shape[:-1], 2 * n)
@@ -165,13 +167,11 @@ class GateConv(nn.Module):
           feature_group_count=n)
       y = y.reshape(*y.shape[:-1], n, g).swapaxes(-1, -2).reshape(*y.shape[:-1], g * n)
       y = depthwise3x3(y, depthwise, self.impl)  # Step 2: depthwise 3x3, groups = G*N.
-    else:
-      # Gate by gate (faster on XLA:CPU than one G*N-channel mix): step 1, then its depthwise.
-      gate = [slice(i * n, (i + 1) * n) for i in range(g)]
-      y = jnp.concatenate([
-          depthwise3x3(p * pointwise[0, c] + q * pointwise[1, c], depthwise[..., c], self.impl)
-          for c in gate], axis=-1)
-    return y + bias if self.use_bias else y
+      return tuple(y[..., c] + bias[c] for c in gates)
+    # Gate by gate (faster on XLA:CPU than one G*N-channel mix): step 1, then its depthwise.
+    return tuple(
+        depthwise3x3(p * pointwise[0, c] + q * pointwise[1, c], depthwise[..., c], self.impl)
+        + bias[c] for c in gates)
 
 
 def initial_state(cell: str, x: Array) -> tuple[Array, ...]:
@@ -216,16 +216,17 @@ class ConvCell(nn.Module):
     gate = lambda gates, name: GateConv(n, gates, dtype=self.dtype, name=name, **(self.conv or {}))
     h = state[0]
     if self.cell == "rnn":
-      h_new = jnp.tanh(gate(1, "h")(x, h))
+      (h_tilde,) = gate(1, "h")(x, h)
+      h_new = jnp.tanh(h_tilde)
       return h_new, (h_new,)
     if self.cell == "gru":
-      z, r = jnp.split(nn.sigmoid(gate(2, "zr")(x, h)), 2, axis=-1)
-      h_tilde = jnp.tanh(gate(1, "h")(x, r * h))
-      h_new = (1.0 - z) * h + z * h_tilde
+      z, r = map(nn.sigmoid, gate(2, "zr")(x, h))
+      (h_tilde,) = gate(1, "h")(x, r * h)
+      h_new = (1.0 - z) * h + z * jnp.tanh(h_tilde)
       return h_new, (h_new,)
     c = state[1]
-    ifo, g = jnp.split(gate(4, "ifog")(x, h), [3 * n], axis=-1)
-    i, f, o = jnp.split(nn.sigmoid(ifo), 3, axis=-1)
+    i, f, o, g = gate(4, "ifog")(x, h)
+    i, f, o = map(nn.sigmoid, (i, f, o))
     c_new = f * c + i * jnp.tanh(g)
     h_new = o * jnp.tanh(c_new)
     return h_new, (h_new, c_new)

@@ -71,6 +71,10 @@ class CorruptCheckpointError(RuntimeError):
   """A checkpoint's files cannot be read (truncated, overwritten, half-deleted)."""
 
 
+class CheckpointNotSavedError(OSError):
+  """A requested save did not produce its checkpoint folder."""
+
+
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   """``{'.params.stage1...': shape}`` of a tree's leaves (arrays, scalars, metadata)."""
   out = {}
@@ -105,13 +109,33 @@ class Checkpointer:
                ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=0,
                                             create=False, read_only=True))
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._requested: int | None = None  # the newest step passed to save()
 
   def save(self, step: int, state: Any) -> None:
-    """Saves asynchronously; the step's folder appears only once it is complete."""
-    self.manager.save(step, args=ocp.args.StandardSave(serialization.to_state_dict(state)))
+    """Saves asynchronously; the step's folder appears only once it is complete
+    (:meth:`wait` checks that it did).
+
+    Raises:
+      CheckpointNotSavedError: orbax declined to save this step.
+    """
+    if not self.manager.save(step, args=ocp.args.StandardSave(serialization.to_state_dict(state))):
+      raise CheckpointNotSavedError(f"orbax declined to save step {step} in {self.directory}")
+    self._requested = step
 
   def wait(self) -> None:
+    """Waits for in-flight saves, then checks that the newest saved step is on disk.
+
+    Raises:
+      CheckpointNotSavedError: its folder is missing (the save was lost), naming the step.
+    """
     self.manager.wait_until_finished()
+    step = self._requested
+    if (step is not None and jax.process_index() == 0
+        and not os.path.isdir(os.path.join(self.directory, str(step)))):
+      self.manager.reload()
+      raise CheckpointNotSavedError(
+          f"the checkpoint of step {step} did not appear in {self.directory} after its save "
+          f"finished; the newest checkpoint there is {self.manager.latest_step()}")
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

@@ -155,11 +155,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                      f"checkpoint in {workdir} is kept (lower the learning rate?)")
           ckpt.save(step, state)
         if stop.signal is not None:
+          ckpt.wait()  # raises if the checkpoint did not land
           logging.warning("Stopped by %s at step %d; checkpoint saved in %s. Run the same "
                           "command to resume.", stop.signal, step, workdir)
           break
   finally:
-    ckpt.wait()  # an in-flight save completes even when stopping on an error
+    ckpt.wait()  # an in-flight save completes (and is checked) even when stopping on an error
   writer.flush()
   return state
 

@@ -52,8 +52,8 @@ def test_gate_conv_without_bias_equals_elementwise():
   layers = [GateConv(6, 2, use_bias=False, impl=impl) for impl in ("elementwise", "kernel")]
   params = layers[0].init(jax.random.PRNGKey(2), a, b)
   assert "bias" not in params["params"]
-  np.testing.assert_allclose(layers[1].apply(params, a, b), layers[0].apply(params, a, b),
-                             rtol=1e-5, atol=1e-5)
+  for k, e in zip(layers[1].apply(params, a, b), layers[0].apply(params, a, b), strict=True):
+    np.testing.assert_allclose(k, e, rtol=1e-5, atol=1e-5)
 
 
 def test_sharded_over_devices_equals_one_call():
