@@ -33,7 +33,7 @@ Dtype = Any
 CELL_TYPES = ("rnn", "gru", "lstm")
 CELL_CONVS = ("light", "dense3x3")
 PAIRINGS = ("concat", "interleave")
-CONV_IMPLS = ("elementwise", "conv", "kernel")
+CONV_IMPLS = ("elementwise", "conv", "kernel", "auto")
 
 _pointwise_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", 0, 1)
 _depthwise_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", (0, 1), 2)
@@ -118,9 +118,10 @@ class GateConv(nn.Module):
     gates: G, the number of gates computed from the same input.
     kind: ``'light'`` (grouped 1x1 with groups=N, then depthwise 3x3) or ``'dense3x3'``.
     pairing: channel pairing of the grouped 1x1, see :func:`_channel_pairs`.
-    impl: how the light-weight convolution is computed: ``'elementwise'``, ``'conv'`` or
-      ``'kernel'`` (:mod:`regnet_jax.gate_kernel`, compiled C++; CPU, float32); all give the
-      same result from the same parameters.
+    impl: how the light-weight convolution is computed: ``'elementwise'``, ``'conv'``,
+      ``'kernel'`` (:mod:`regnet_jax.gate_kernel`, compiled C++; CPU, float32) or ``'auto'``
+      (``'kernel'`` where it can run and compile, else ``'elementwise'``); all give the same
+      result from the same parameters.
     use_bias: one bias per gate channel (on the depthwise step for ``'light'``).
     grad: kernel gradient of the ``'dense3x3'`` convolution: ``'lax'`` (autodiff) or
       ``'swapped'`` (:mod:`regnet_jax.conv`; faster on CPU).
@@ -131,7 +132,7 @@ class GateConv(nn.Module):
   gates: int = 1
   kind: Literal["light", "dense3x3"] = "light"
   pairing: Literal["concat", "interleave"] = "concat"
-  impl: Literal["elementwise", "conv"] = "elementwise"
+  impl: Literal["elementwise", "conv", "kernel", "auto"] = "elementwise"
   use_bias: bool = True
   grad: Literal["lax", "swapped"] = "lax"
   dtype: Dtype = jnp.float32
@@ -154,11 +155,14 @@ class GateConv(nn.Module):
             else jnp.zeros((g * n,))).astype(self.dtype)
     pointwise, depthwise = pointwise.astype(self.dtype), depthwise.astype(self.dtype)
     p, q = _channel_pairs(a, b, self.pairing)
-    if self.impl == "kernel":
+    impl = self.impl
+    if impl == "auto":
+      impl = "kernel" if gate_kernel.usable(self.dtype) else "elementwise"
+    if impl == "kernel":
       gate_kernel.check_supported(self.dtype)
       return tuple(jnp.split(gate_kernel.gate(p, q, pointwise, depthwise, bias), g, axis=-1))
     gates = [slice(i * n, (i + 1) * n) for i in range(g)]
-    if self.impl == "conv":
+    if impl == "conv":
       # Pair channels (p_k, q_k) as input group k; group k's outputs are its G gates.
       pq = jnp.stack([p, q], axis=-1).reshape(*p.shape[:-1], 2 * n)
       kernel = pointwise.reshape(2, g, n).transpose(0, 2, 1).reshape(1, 1, 2, n * g)
@@ -166,11 +170,11 @@ class GateConv(nn.Module):
           pq, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
           feature_group_count=n)
       y = y.reshape(*y.shape[:-1], n, g).swapaxes(-1, -2).reshape(*y.shape[:-1], g * n)
-      y = depthwise3x3(y, depthwise, self.impl)  # Step 2: depthwise 3x3, groups = G*N.
+      y = depthwise3x3(y, depthwise, impl)  # Step 2: depthwise 3x3, groups = G*N.
       return tuple(y[..., c] + bias[c] for c in gates)
     # Gate by gate (faster on XLA:CPU than one G*N-channel mix): step 1, then its depthwise.
     return tuple(
-        depthwise3x3(p * pointwise[0, c] + q * pointwise[1, c], depthwise[..., c], self.impl)
+        depthwise3x3(p * pointwise[0, c] + q * pointwise[1, c], depthwise[..., c], impl)
         + bias[c] for c in gates)
 
 

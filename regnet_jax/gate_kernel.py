@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -81,6 +82,24 @@ def check_supported(dtype: jnp.dtype) -> None:
   if jnp.dtype(dtype) != jnp.float32:
     raise ValueError(f"cell_impl='kernel' computes in float32, not {jnp.dtype(dtype).name}: "
                      "use cell_impl='elementwise'")
+
+
+def usable(dtype: jnp.dtype) -> bool:
+  """Whether ``cell_impl='auto'`` picks the kernel: CPU backend, float32, and the kernel
+  compiles here (if it does not, a warning says why, and the caller falls back)."""
+  if jax.default_backend() != "cpu" or jnp.dtype(dtype) != jnp.float32:
+    return False
+  return _builds()
+
+
+@functools.cache
+def _builds() -> bool:
+  try:
+    _library()
+  except (RuntimeError, OSError) as e:
+    logging.warning("cell_impl='auto' uses 'elementwise' (same results, slower on CPU): %s", e)
+    return False
+  return True
 
 
 @jax.custom_vjp

@@ -103,3 +103,26 @@ def test_missing_compiler_is_a_clear_error(monkeypatch, tmp_path):
   finally:
     gate_kernel._library.cache_clear()
   assert not os.listdir(tmp_path)
+
+
+def _uses_kernel(impl, dtype=jnp.float32):
+  a = jnp.ones((1, 4, 4, 2), dtype)
+  layer = GateConv(2, 1, impl=impl, dtype=dtype)
+  params = layer.init(jax.random.PRNGKey(0), a, a)
+  return "RegnetGateFwd" in str(jax.make_jaxpr(layer.apply)(params, a, a))
+
+
+def test_auto_uses_the_kernel_where_it_runs_and_builds(monkeypatch, tmp_path, caplog):
+  assert _uses_kernel("auto") and not _uses_kernel("elementwise")
+  assert not _uses_kernel("auto", jnp.bfloat16)
+  monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+  monkeypatch.setenv("REGNET_KERNEL_CACHE", str(tmp_path))
+  gate_kernel._library.cache_clear()
+  gate_kernel._builds.cache_clear()
+  try:
+    assert not _uses_kernel("auto")
+    assert "cell_impl='auto' uses 'elementwise'" in caplog.text
+    assert "no-such-compiler-xyz" in caplog.text
+  finally:
+    gate_kernel._library.cache_clear()
+    gate_kernel._builds.cache_clear()
