@@ -9,6 +9,8 @@
 // y, dy [B, H, W, C] with C = G*N. The mix is recomputed row by row into a three-row ring
 // buffer, so each pass reads p, q (and dy) once and writes y (or dp, dq) once (measured against
 // XLA's fusions in docs/performance.md). Images are split over the machine's hardware threads.
+#include <sched.h>
+
 #include <algorithm>
 #include <cstring>
 #include <thread>
@@ -87,8 +89,12 @@ void ParallelOverBatch(int64_t batch, int64_t threads, F fn) {
   for (auto& th : pool) th.join();
 }
 
+// The CPUs this process may run on (taskset, cgroup cpusets), else the hardware's count.
 int64_t NumThreads(int64_t batch) {
-  return std::max<int64_t>(1, std::min<int64_t>(batch, std::thread::hardware_concurrency()));
+  cpu_set_t cpus;
+  const int64_t available = sched_getaffinity(0, sizeof(cpus), &cpus) == 0
+                                ? CPU_COUNT(&cpus) : std::thread::hardware_concurrency();
+  return std::max<int64_t>(1, std::min<int64_t>(batch, available));
 }
 
 // Calls fn(b, h, rows) for every row h of thread t's images b (b = t, t + threads, ...), where
