@@ -5,6 +5,10 @@
 // Backward: dm = the same taps over dy with the kernel flipped; dk, dbias, dw reduced over the
 //           batch (one accumulator per thread); dp[.., n] = sum_g w[0, g*N+n] dm[.., g*N+n], and
 //           dq likewise.
+// LSTM:     the four gates z = (i, f, o, g) of a ConvLSTM step (G = 4) go straight into the
+//           cell's update, c' = s(f) c + s(i) tanh(g), h' = s(o) tanh(c'), so that neither the
+//           gates nor their gradients leave the kernel; the forward keeps the activations
+//           (s(i), s(f), s(o), tanh(g)) [B, H, W, C] for the backward.
 // Shapes (NHWC, float32, C-contiguous): p, q [B, H, W, N]; w [2, C]; k [3, 3, C]; bias [C];
 // y, dy [B, H, W, C] with C = G*N. The mix is recomputed row by row into a three-row ring
 // buffer, so each pass reads p, q (and dy) once and writes y (or dp, dq) once (measured against
@@ -117,27 +121,87 @@ void ForEachMixedRow(const Shape& s, const float* p, const float* q, const float
   }
 }
 
+// The gates of one output row from its three mixed input rows: dst[x * C + c] for x < W.
+void GateRow(const Shape& s, const float* const* rows, const float* kk, const float* bb,
+             float* dst) {
+  const int64_t C = s.C;
+  for (int64_t x = 0; x < s.W; ++x) {
+    ForChannelBlocks(C, [&]<int L>(int64_t c) {
+      using V = Vec<L>;
+      typename V::T acc = V::Load(bb + c);
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j)
+          acc += V::Load(kk + (i * 3 + j) * C + c) * V::Load(rows[i] + (x + j) * C + c);
+      V::Store(dst + x * C + c, acc);
+    });
+  }
+}
+
+// tanh as the rational approximation XLA and Eigen use for float32 (|error| < 3e-7), for a
+// vector or a float.
+template <typename T>
+T Tanh(T x) {
+  constexpr float kLimit = 7.90531110763549805f;
+  x = x > kLimit ? kLimit : x;
+  x = x < -kLimit ? -kLimit : x;
+  const T x2 = x * x;
+  T num = T{} - 2.76076847742355e-16f;
+  for (float a : {2.00018790482477e-13f, -8.60467152213735e-11f, 5.12229709037114e-08f,
+                  1.48572235717979e-05f, 6.37261928875436e-04f, 4.89352455891786e-03f})
+    num = num * x2 + a;
+  T den = T{} + 1.19825839466702e-06f;
+  for (float b : {1.18534705686654e-04f, 2.26843463243900e-03f, 4.89352518554385e-03f})
+    den = den * x2 + b;
+  return x * num / den;
+}
+
+template <typename T>
+T Sigmoid(T x) {
+  return 0.5f + 0.5f * Tanh(0.5f * x);
+}
+
 ffi::Error GateFwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer bias,
                        F32Result y) {
   auto d = p.dimensions();
   Shape s{d[0], d[1], d[2], d[3], bias.dimensions()[0]};
-  const int64_t C = s.C, W = s.W;
   const float* w0 = w.typed_data();
-  const float* w1 = w0 + C;
-  const float* kk = k.typed_data();
-  const float* bb = bias.typed_data();
   ParallelOverBatch(s.B, NumThreads(s.B), [&](int64_t t, int64_t threads) {
-    ForEachMixedRow(s, p.typed_data(), q.typed_data(), w0, w1, t, threads,
+    ForEachMixedRow(s, p.typed_data(), q.typed_data(), w0, w0 + s.C, t, threads,
                     [&](int64_t b, int64_t h, const float* const* rows) {
-      float* yh = y->typed_data() + (b * s.H + h) * W * C;
-      for (int64_t x = 0; x < W; ++x) {
-        ForChannelBlocks(C, [&]<int L>(int64_t c) {
+      GateRow(s, rows, k.typed_data(), bias.typed_data(),
+              y->typed_data() + (b * s.H + h) * s.W * s.C);
+    });
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error LstmFwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer bias,
+                       F32Buffer c, F32Result h_new, F32Result c_new, F32Result acts) {
+  auto d = p.dimensions();
+  Shape s{d[0], d[1], d[2], d[3], bias.dimensions()[0]};
+  const int64_t C = s.C, N = s.N;
+  const float* w0 = w.typed_data();
+  ParallelOverBatch(s.B, NumThreads(s.B), [&](int64_t t, int64_t threads) {
+    std::vector<float> z(s.W * C);
+    ForEachMixedRow(s, p.typed_data(), q.typed_data(), w0, w0 + C, t, threads,
+                    [&](int64_t b, int64_t h, const float* const* rows) {
+      GateRow(s, rows, k.typed_data(), bias.typed_data(), z.data());
+      const int64_t row = (b * s.H + h) * s.W;
+      for (int64_t x = 0; x < s.W; ++x) {
+        const float* zx = z.data() + x * C;
+        float* a = acts->typed_data() + (row + x) * C;
+        const int64_t pixel = (row + x) * N;
+        ForChannelBlocks(N, [&]<int L>(int64_t n) {
           using V = Vec<L>;
-          typename V::T acc = V::Load(bb + c);
-          for (int i = 0; i < 3; ++i)
-            for (int j = 0; j < 3; ++j)
-              acc += V::Load(kk + (i * 3 + j) * C + c) * V::Load(rows[i] + (x + j) * C + c);
-          V::Store(yh + x * C + c, acc);
+          auto si = Sigmoid(V::Load(zx + n)), sf = Sigmoid(V::Load(zx + N + n));
+          auto so = Sigmoid(V::Load(zx + 2 * N + n)), tg = Tanh(V::Load(zx + 3 * N + n));
+          auto cn = sf * V::Load(c.typed_data() + pixel + n) + si * tg;
+          V::Store(c_new->typed_data() + pixel + n, cn);
+          V::Store(h_new->typed_data() + pixel + n, so * Tanh(cn));
+          V::Store(a + n, si);
+          V::Store(a + N + n, sf);
+          V::Store(a + 2 * N + n, so);
+          V::Store(a + 3 * N + n, tg);
         });
       }
     });
@@ -145,10 +209,12 @@ ffi::Error GateFwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Bu
   return ffi::Error::Success();
 }
 
-ffi::Error GateBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer dy,
-                       F32Result dp, F32Result dq, F32Result dw, F32Result dk, F32Result dbias) {
-  auto d = p.dimensions();
-  Shape s{d[0], d[1], d[2], d[3], dy.dimensions()[3]};
+// The gate convolution's backward pass, given each image's gate gradients: image_dy(b, buf)
+// returns image b's [H, W, C] gradient (it may compute it into the thread's buffer buf).
+template <typename ImageDy>
+ffi::Error GateBackward(const Shape& s, F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k,
+                        ImageDy image_dy, F32Result dp, F32Result dq, F32Result dw,
+                        F32Result dk, F32Result dbias) {
   const int64_t C = s.C, W = s.W, N = s.N, G = C / N;
   const float* w0 = w.typed_data();
   const float* w1 = w0 + C;
@@ -156,7 +222,8 @@ ffi::Error GateBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Bu
   const int64_t num_threads = NumThreads(s.B);
   std::vector<float> acc(num_threads * 12 * C, 0.f);  // per thread: dk (9C), dw0, dw1, dbias
   ParallelOverBatch(s.B, num_threads, [&](int64_t t, int64_t threads) {
-    std::vector<float> dm(W * C);
+    std::vector<float> dm(W * C), buf;
+    const float* dyb = nullptr;
     float* a = acc.data() + t * 12 * C;
     float *adk = a, *adw0 = a + 9 * C, *adw1 = a + 10 * C, *adb = a + 11 * C;
     ForEachMixedRow(s, p.typed_data(), q.typed_data(), w0, w1, t, threads,
@@ -164,7 +231,7 @@ ffi::Error GateBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Bu
       const int64_t image = b * s.H * W;
       const float* pb = p.typed_data() + image * N;
       const float* qb = q.typed_data() + image * N;
-      const float* dyb = dy.typed_data() + image * C;
+      if (h == 0) dyb = image_dy(b, buf);
       float* dpb = dp->typed_data() + image * N;
       float* dqb = dq->typed_data() + image * N;
       const float* g = dyb + h * W * C;
@@ -243,9 +310,54 @@ ffi::Error GateBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Bu
   return ffi::Error::Success();
 }
 
+ffi::Error GateBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer dy,
+                       F32Result dp, F32Result dq, F32Result dw, F32Result dk, F32Result dbias) {
+  auto d = p.dimensions();
+  Shape s{d[0], d[1], d[2], d[3], dy.dimensions()[3]};
+  auto image_dy = [&](int64_t b, std::vector<float>&) {
+    return dy.typed_data() + b * s.H * s.W * s.C;
+  };
+  return GateBackward(s, p, q, w, k, image_dy, dp, dq, dw, dk, dbias);
+}
+
+// The LSTM's gate gradients dz from dh', dc' (and dc, the gradient of the previous c), image by
+// image: with c_t = dc' + dh' s(o) (1 - tanh(c')^2), dz_i = c_t tanh(g) s(i) (1 - s(i)),
+// dz_f = c_t c s(f) (1 - s(f)), dz_o = dh' tanh(c') s(o) (1 - s(o)),
+// dz_g = c_t s(i) (1 - tanh(g)^2), dc = c_t s(f).
+ffi::Error LstmBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer c,
+                       F32Buffer c_new, F32Buffer acts, F32Buffer dh, F32Buffer dc_new,
+                       F32Result dp, F32Result dq, F32Result dw, F32Result dk, F32Result dbias,
+                       F32Result dc) {
+  auto d = p.dimensions();
+  Shape s{d[0], d[1], d[2], d[3], acts.dimensions()[3]};
+  const int64_t N = s.N, C = s.C, pixels = s.H * s.W;
+  auto image_dy = [&](int64_t b, std::vector<float>& buf) {
+    buf.resize(pixels * C);
+    for (int64_t pixel = b * pixels; pixel < (b + 1) * pixels; ++pixel) {
+      const float* a = acts.typed_data() + pixel * C;
+      float* dz = buf.data() + (pixel - b * pixels) * C;
+      const int64_t at = pixel * N;
+      ForChannelBlocks(N, [&]<int L>(int64_t n) {
+        using V = Vec<L>;
+        auto si = V::Load(a + n), sf = V::Load(a + N + n), so = V::Load(a + 2 * N + n);
+        auto tg = V::Load(a + 3 * N + n), dhn = V::Load(dh.typed_data() + at + n);
+        auto th = Tanh(V::Load(c_new.typed_data() + at + n));
+        auto ct = V::Load(dc_new.typed_data() + at + n) + dhn * so * (1.f - th * th);
+        V::Store(dz + n, ct * tg * si * (1.f - si));
+        V::Store(dz + N + n, ct * V::Load(c.typed_data() + at + n) * sf * (1.f - sf));
+        V::Store(dz + 2 * N + n, dhn * th * so * (1.f - so));
+        V::Store(dz + 3 * N + n, ct * si * (1.f - tg * tg));
+        V::Store(dc->typed_data() + at + n, ct * sf);
+      });
+    }
+    return static_cast<const float*>(buf.data());
+  };
+  return GateBackward(s, p, q, w, k, image_dy, dp, dq, dw, dk, dbias);
+}
+
 }  // namespace
 
-// Both handlers take (p, q, w, k, bias or dy).
+// Every handler takes (p, q, w, k, then bias, dy or c).
 auto GateArgs() {
   return ffi::Ffi::Bind().Arg<F32Buffer>().Arg<F32Buffer>().Arg<F32Buffer>().Arg<F32Buffer>()
       .Arg<F32Buffer>();
@@ -257,3 +369,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGateBwd, GateBwdImpl,
                               GateArgs()  // dp, dq, dw, dk, dbias
                                   .Ret<F32Buffer>().Ret<F32Buffer>().Ret<F32Buffer>()
                                   .Ret<F32Buffer>().Ret<F32Buffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetLstmFwd, LstmFwdImpl,
+                              GateArgs().Arg<F32Buffer>()  // c
+                                  .Ret<F32Buffer>().Ret<F32Buffer>().Ret<F32Buffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetLstmBwd, LstmBwdImpl,
+                              GateArgs()  // c, then c', acts, dh', dc'
+                                  .Arg<F32Buffer>().Arg<F32Buffer>().Arg<F32Buffer>()
+                                  .Arg<F32Buffer>()  // dp, dq, dw, dk, dbias, dc
+                                  .Ret<F32Buffer>().Ret<F32Buffer>().Ret<F32Buffer>()
+                                  .Ret<F32Buffer>().Ret<F32Buffer>().Ret<F32Buffer>());

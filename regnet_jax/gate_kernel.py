@@ -3,11 +3,12 @@
 The cells' light-weight gates (:class:`regnet_jax.cells.GateConv`) are memory-bound chains of
 small operations, and XLA:CPU materialises many intermediates of their forward and backward
 passes. ``gate_kernel.cc`` computes a gate's pair mix, depthwise 3x3 and bias in one pass, and
-its whole gradient in another, called through JAX's FFI. It is compiled on first use with the
-system's C++ compiler (``$CXX``, else ``c++``) against the FFI headers shipped with jaxlib, and
-cached under ``$REGNET_KERNEL_CACHE`` (default ``~/.cache/regnet_jax``) per source, compiler,
-jaxlib and CPU. CPU backend and float32 only; results equal ``cell_impl='elementwise'`` up to
-float rounding (``tests/test_gate_kernel.py``).
+its whole gradient in another, called through JAX's FFI; for the ConvLSTM (:func:`lstm`) it
+also applies the cell's update, so that the gates never leave the kernel. It is compiled on
+first use with the system's C++ compiler (``$CXX``, else ``c++``) against the FFI headers
+shipped with jaxlib, and cached under ``$REGNET_KERNEL_CACHE`` (default
+``~/.cache/regnet_jax``) per source, compiler, jaxlib and CPU. CPU backend and float32 only;
+results equal ``cell_impl='elementwise'`` up to float rounding (``tests/test_gate_kernel.py``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def _library() -> ctypes.CDLL:
 @functools.cache
 def _register() -> None:
   lib = _library()
-  for name in ("RegnetGateFwd", "RegnetGateBwd"):
+  for name in ("RegnetGateFwd", "RegnetGateBwd", "RegnetLstmFwd", "RegnetLstmBwd"):
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
 
 
@@ -131,3 +132,40 @@ def _gate_bwd(residuals, dy):
 
 
 gate.defvjp(_gate_fwd, _gate_bwd)
+
+
+@jax.custom_vjp
+def lstm(p: Array, q: Array, pointwise: Array, depthwise: Array, bias: Array, c: Array
+         ) -> tuple[Array, Array]:
+  """A ConvLSTM step whose four gates (i, f, o, g: ``G = 4``, as :func:`gate`) feed the cell
+  update inside the kernel, so neither they nor their gradients are materialised.
+
+  Args:
+    p, q, pointwise, depthwise, bias: as :func:`gate`, with ``G = 4``.
+    c: ``[B, H, W, N]``, the previous cell state.
+  Returns:
+    ``(h', c')``, each ``[B, H, W, N]``: ``c' = s(f) c + s(i) tanh(g)``, ``h' = s(o) tanh(c')``.
+  """
+  return _lstm_fwd(p, q, pointwise, depthwise, bias, c)[0]
+
+
+def _lstm_fwd(p, q, pointwise, depthwise, bias, c):
+  _register()
+  state = jax.ShapeDtypeStruct(p.shape, jnp.float32)
+  acts = jax.ShapeDtypeStruct(p.shape[:-1] + bias.shape, jnp.float32)
+  h_new, c_new, activations = jax.ffi.ffi_call("RegnetLstmFwd", (state, state, acts))(
+      p, q, pointwise, depthwise, bias, c)
+  return (h_new, c_new), (p, q, pointwise, depthwise, c, c_new, activations)
+
+
+def _lstm_bwd(residuals, cotangents):
+  _register()
+  p, q, pointwise, depthwise = residuals[:4]
+  shapes = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (p, q, pointwise, depthwise)]
+  bias = jax.ShapeDtypeStruct(depthwise.shape[-1:], jnp.float32)
+  state = jax.ShapeDtypeStruct(p.shape, jnp.float32)
+  return tuple(jax.ffi.ffi_call("RegnetLstmBwd", (*shapes, bias, state))(
+      *residuals, *cotangents))
+
+
+lstm.defvjp(_lstm_fwd, _lstm_bwd)

@@ -47,6 +47,29 @@ def test_forward_and_gradients_equal_reference(shape, gates):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
+def _lstm_reference(p, q, pointwise, depthwise, bias, c):
+  """The ConvLSTM update (cells.ConvCell) on the reference gates."""
+  i, f, o, g = jnp.split(_reference(p, q, pointwise, depthwise, bias), 4, axis=-1)
+  c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+  return jax.nn.sigmoid(o) * jnp.tanh(c_new), c_new
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 3), (1, 1, 1, 4), (3, 4, 6, 16), (5, 2, 3, 9)])
+def test_fused_lstm_step_and_gradients_equal_reference(shape):
+  args, _ = _args(shape, 4)
+  keys = jax.random.split(jax.random.PRNGKey(7), 3)
+  args = (*args, jax.random.normal(keys[0], shape))
+  dh, dc = (jax.random.normal(k, shape) for k in keys[1:])
+  for got, want in zip(gate_kernel.lstm(*args), _lstm_reference(*args), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda *a: jnp.vdot(f(*a)[0], dh) + jnp.vdot(f(*a)[1], dc)
+  got = jax.grad(loss(gate_kernel.lstm), range(6))(*args)
+  want = jax.grad(loss(_lstm_reference), range(6))(*args)
+  for g, w in zip(got, want, strict=True):
+    assert g.shape == w.shape
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
 def test_gate_conv_without_bias_equals_elementwise():
   a, b = (jax.random.normal(jax.random.PRNGKey(i), (2, 4, 4, 6)) for i in range(2))
   layers = [GateConv(6, 2, use_bias=False, impl=impl) for impl in ("elementwise", "kernel")]
