@@ -138,10 +138,12 @@ class GateConv(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, a: Array, b: Array, lstm_c: Array | None = None) -> tuple[Array, ...]:
-    """Maps ``a, b: [B, H, W, N]`` to the G gates, each ``[B, H, W, N]``; or, given the
-    LSTM's cell state ``lstm_c: [B, H, W, N]`` (G = 4), to :func:`lstm_update` of the gates,
-    ``(h', c')`` (computed in one pass with ``impl='kernel'``)."""
+  def __call__(self, a: Array, b: Array, update: str | None = None,
+               states: tuple[Array, ...] = ()) -> Array | tuple[Array, ...]:
+    """Maps ``a, b: [B, H, W, N]`` to the G gates, each ``[B, H, W, N]``; or, with an
+    ``update`` (a key of :data:`UPDATES`), to ``UPDATES[update](*gates, *states)``: the cell's
+    update of the gates and its states (each ``[B, H, W, N]``), which ``impl='kernel'``
+    computes in the same pass as the gates."""
     n, g = self.features, self.gates
     a, b = a.astype(self.dtype), b.astype(self.dtype)
     if self.kind == "dense3x3":
@@ -149,7 +151,7 @@ class GateConv(nn.Module):
                   dtype=self.dtype, name="conv",
                   conv_general_dilated=swapped_conv if self.grad == "swapped" else None,
                   )(jnp.concatenate([a, b], axis=-1))
-      return self._finish(tuple(jnp.split(y, g, axis=-1)), lstm_c)
+      return self._finish(tuple(jnp.split(y, g, axis=-1)), update, states)
     # Step 1: grouped 1x1, groups=N: gate channel (g, k) = w0[g,k] * p_k + w1[g,k] * q_k.
     pointwise = self.param("pointwise", _pointwise_init, (2, g * n))
     depthwise = self.param("depthwise", _depthwise_init, (3, 3, g * n))
@@ -162,8 +164,9 @@ class GateConv(nn.Module):
       impl = "kernel" if gate_kernel.usable(self.dtype) else "elementwise"
     if impl == "kernel":
       gate_kernel.check_supported(self.dtype)
-      if lstm_c is not None:
-        return gate_kernel.lstm(p, q, pointwise, depthwise, bias, lstm_c.astype(self.dtype))
+      if update is not None:
+        fused = getattr(gate_kernel, update)
+        return fused(p, q, pointwise, depthwise, bias, *(x.astype(self.dtype) for x in states))
       return tuple(jnp.split(gate_kernel.gate(p, q, pointwise, depthwise, bias), g, axis=-1))
     gates = [slice(i * n, (i + 1) * n) for i in range(g)]
     if impl == "conv":
@@ -175,22 +178,37 @@ class GateConv(nn.Module):
           feature_group_count=n)
       y = y.reshape(*y.shape[:-1], n, g).swapaxes(-1, -2).reshape(*y.shape[:-1], g * n)
       y = depthwise3x3(y, depthwise, impl)  # Step 2: depthwise 3x3, groups = G*N.
-      return self._finish(tuple(y[..., c] + bias[c] for c in gates), lstm_c)
+      return self._finish(tuple(y[..., c] + bias[c] for c in gates), update, states)
     # Gate by gate (faster on XLA:CPU than one G*N-channel mix): step 1, then its depthwise.
     return self._finish(tuple(
         depthwise3x3(p * pointwise[0, c] + q * pointwise[1, c], depthwise[..., c], impl)
-        + bias[c] for c in gates), lstm_c)
+        + bias[c] for c in gates), update, states)
 
   @staticmethod
-  def _finish(gates: tuple[Array, ...], lstm_c: Array | None) -> tuple[Array, ...]:
-    return gates if lstm_c is None else lstm_update(*gates, lstm_c)
+  def _finish(gates: tuple[Array, ...], update: str | None, states: tuple[Array, ...]
+              ) -> Array | tuple[Array, ...]:
+    return gates if update is None else UPDATES[update](*gates, *states)
 
 
-def lstm_update(i: Array, f: Array, o: Array, g: Array, c: Array) -> tuple[Array, Array]:
-  """The ConvLSTM's state update from its gates' pre-activations (all ``[B, H, W, N]``):
-  ``c' = s(f) * c + s(i) * tanh(g)``, ``h' = s(o) * tanh(c')``; returns ``(h', c')``."""
+# The cells' updates of their gates' pre-activations (every array [B, H, W, N]); GateConv
+# applies them, and with impl='kernel' inside the kernel (gate_kernel.lstm, ...).
+def lstm(i: Array, f: Array, o: Array, g: Array, c: Array) -> tuple[Array, Array]:
+  """ConvLSTM: ``c' = s(f) * c + s(i) * tanh(g)``, ``h' = s(o) * tanh(c')``; ``(h', c')``."""
   c_new = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
   return nn.sigmoid(o) * jnp.tanh(c_new), c_new
+
+
+def gru_gates(z: Array, r: Array, h: Array) -> tuple[Array, Array]:
+  """ConvGRU's first convolution: ``(s(z), s(r) * h)``."""
+  return nn.sigmoid(z), nn.sigmoid(r) * h
+
+
+def gru_update(y: Array, z: Array, h: Array) -> Array:
+  """ConvGRU's second convolution (y = W_h * [x, r * h]): ``h' = (1 - z) * h + z * tanh(y)``."""
+  return (1.0 - z) * h + z * jnp.tanh(y)
+
+
+UPDATES = {"lstm": lstm, "gru_gates": gru_gates, "gru_update": gru_update}
 
 
 def initial_state(cell: str, x: Array) -> tuple[Array, ...]:
@@ -239,9 +257,8 @@ class ConvCell(nn.Module):
       h_new = jnp.tanh(h_tilde)
       return h_new, (h_new,)
     if self.cell == "gru":
-      z, r = map(nn.sigmoid, gate(2, "zr")(x, h))
-      (h_tilde,) = gate(1, "h")(x, r * h)
-      h_new = (1.0 - z) * h + z * jnp.tanh(h_tilde)
+      z, rh = gate(2, "zr")(x, h, "gru_gates", (h,))
+      h_new = gate(1, "h")(x, rh, "gru_update", (z, h))
       return h_new, (h_new,)
-    h_new, c_new = gate(4, "ifog")(x, h, lstm_c=state[1])  # the gates, then lstm_update
+    h_new, c_new = gate(4, "ifog")(x, h, "lstm", (state[1],))
     return h_new, (h_new, c_new)

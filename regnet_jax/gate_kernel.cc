@@ -175,35 +175,23 @@ ffi::Error GateFwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Bu
   return ffi::Error::Success();
 }
 
-ffi::Error LstmFwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer bias,
-                       F32Buffer c, F32Result h_new, F32Result c_new, F32Result acts) {
+// The gate convolution followed by a cell's update: update.template operator()<L>(i, z, n) for
+// every pixel i (flat index into [B, H, W]) and channel block n < N, with z that pixel's C gates.
+template <typename Update>
+ffi::Error ForwardWithUpdate(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer bias,
+                             Update update) {
   auto d = p.dimensions();
   Shape s{d[0], d[1], d[2], d[3], bias.dimensions()[0]};
-  const int64_t C = s.C, N = s.N;
   const float* w0 = w.typed_data();
   ParallelOverBatch(s.B, NumThreads(s.B), [&](int64_t t, int64_t threads) {
-    std::vector<float> z(s.W * C);
-    ForEachMixedRow(s, p.typed_data(), q.typed_data(), w0, w0 + C, t, threads,
+    std::vector<float> z(s.W * s.C);
+    ForEachMixedRow(s, p.typed_data(), q.typed_data(), w0, w0 + s.C, t, threads,
                     [&](int64_t b, int64_t h, const float* const* rows) {
       GateRow(s, rows, k.typed_data(), bias.typed_data(), z.data());
-      const int64_t row = (b * s.H + h) * s.W;
-      for (int64_t x = 0; x < s.W; ++x) {
-        const float* zx = z.data() + x * C;
-        float* a = acts->typed_data() + (row + x) * C;
-        const int64_t pixel = (row + x) * N;
-        ForChannelBlocks(N, [&]<int L>(int64_t n) {
-          using V = Vec<L>;
-          auto si = Sigmoid(V::Load(zx + n)), sf = Sigmoid(V::Load(zx + N + n));
-          auto so = Sigmoid(V::Load(zx + 2 * N + n)), tg = Tanh(V::Load(zx + 3 * N + n));
-          auto cn = sf * V::Load(c.typed_data() + pixel + n) + si * tg;
-          V::Store(c_new->typed_data() + pixel + n, cn);
-          V::Store(h_new->typed_data() + pixel + n, so * Tanh(cn));
-          V::Store(a + n, si);
-          V::Store(a + N + n, sf);
-          V::Store(a + 2 * N + n, so);
-          V::Store(a + 3 * N + n, tg);
+      for (int64_t x = 0; x < s.W; ++x)
+        ForChannelBlocks(s.N, [&]<int L>(int64_t n) {
+          update.template operator()<L>((b * s.H + h) * s.W + x, z.data() + x * s.C, n);
         });
-      }
     });
   });
   return ffi::Error::Success();
@@ -320,39 +308,134 @@ ffi::Error GateBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Bu
   return GateBackward(s, p, q, w, k, image_dy, dp, dq, dw, dk, dbias);
 }
 
-// The LSTM's gate gradients dz from dh', dc' (and dc, the gradient of the previous c), image by
-// image: with c_t = dc' + dh' s(o) (1 - tanh(c')^2), dz_i = c_t tanh(g) s(i) (1 - s(i)),
-// dz_f = c_t c s(f) (1 - s(f)), dz_o = dh' tanh(c') s(o) (1 - s(o)),
-// dz_g = c_t s(i) (1 - tanh(g)^2), dc = c_t s(f).
+// The backward pass of a gate convolution followed by a cell's update: grad.template
+// operator()<L>(i, dz, n) writes the C gate gradients dz of pixel i, channel block n (and any
+// state gradients); they are computed image by image into a per-thread buffer.
+template <typename Grad>
+ffi::Error BackwardWithUpdate(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, Grad grad,
+                              F32Result dp, F32Result dq, F32Result dw, F32Result dk,
+                              F32Result dbias) {
+  auto d = p.dimensions();
+  Shape s{d[0], d[1], d[2], d[3], w.dimensions()[1]};
+  const int64_t pixels = s.H * s.W;
+  auto image_dy = [&](int64_t b, std::vector<float>& buf) {
+    buf.resize(pixels * s.C);
+    for (int64_t i = 0; i < pixels; ++i)
+      ForChannelBlocks(s.N, [&]<int L>(int64_t n) {
+        grad.template operator()<L>(b * pixels + i, buf.data() + i * s.C, n);
+      });
+    return static_cast<const float*>(buf.data());
+  };
+  return GateBackward(s, p, q, w, k, image_dy, dp, dq, dw, dk, dbias);
+}
+
+// ConvLSTM, G = 4, z = (i, f, o, g): c' = s(i) tanh(g) + s(f) c, h' = s(o) tanh(c'); keeps the
+// activations a = (s(i), s(f), s(o), tanh(g)) [B, H, W, 4N] for the backward.
+ffi::Error LstmFwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer bias,
+                       F32Buffer c, F32Result h_new, F32Result c_new, F32Result acts) {
+  const int64_t N = p.dimensions()[3];
+  return ForwardWithUpdate(p, q, w, k, bias, [&]<int L>(int64_t i, const float* z, int64_t n) {
+    using V = Vec<L>;
+    auto si = Sigmoid(V::Load(z + n)), sf = Sigmoid(V::Load(z + N + n));
+    auto so = Sigmoid(V::Load(z + 2 * N + n)), tg = Tanh(V::Load(z + 3 * N + n));
+    auto cn = sf * V::Load(c.typed_data() + i * N + n) + si * tg;
+    V::Store(c_new->typed_data() + i * N + n, cn);
+    V::Store(h_new->typed_data() + i * N + n, so * Tanh(cn));
+    float* a = acts->typed_data() + i * 4 * N;
+    V::Store(a + n, si);
+    V::Store(a + N + n, sf);
+    V::Store(a + 2 * N + n, so);
+    V::Store(a + 3 * N + n, tg);
+  });
+}
+
+// With ct = dc' + dh' s(o) (1 - tanh(c')^2): dz_i = ct tanh(g) s(i) (1 - s(i)),
+// dz_f = ct c s(f) (1 - s(f)), dz_o = dh' tanh(c') s(o) (1 - s(o)),
+// dz_g = ct s(i) (1 - tanh(g)^2), and dc = ct s(f).
 ffi::Error LstmBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer c,
                        F32Buffer c_new, F32Buffer acts, F32Buffer dh, F32Buffer dc_new,
                        F32Result dp, F32Result dq, F32Result dw, F32Result dk, F32Result dbias,
                        F32Result dc) {
-  auto d = p.dimensions();
-  Shape s{d[0], d[1], d[2], d[3], acts.dimensions()[3]};
-  const int64_t N = s.N, C = s.C, pixels = s.H * s.W;
-  auto image_dy = [&](int64_t b, std::vector<float>& buf) {
-    buf.resize(pixels * C);
-    for (int64_t pixel = b * pixels; pixel < (b + 1) * pixels; ++pixel) {
-      const float* a = acts.typed_data() + pixel * C;
-      float* dz = buf.data() + (pixel - b * pixels) * C;
-      const int64_t at = pixel * N;
-      ForChannelBlocks(N, [&]<int L>(int64_t n) {
-        using V = Vec<L>;
-        auto si = V::Load(a + n), sf = V::Load(a + N + n), so = V::Load(a + 2 * N + n);
-        auto tg = V::Load(a + 3 * N + n), dhn = V::Load(dh.typed_data() + at + n);
-        auto th = Tanh(V::Load(c_new.typed_data() + at + n));
-        auto ct = V::Load(dc_new.typed_data() + at + n) + dhn * so * (1.f - th * th);
-        V::Store(dz + n, ct * tg * si * (1.f - si));
-        V::Store(dz + N + n, ct * V::Load(c.typed_data() + at + n) * sf * (1.f - sf));
-        V::Store(dz + 2 * N + n, dhn * th * so * (1.f - so));
-        V::Store(dz + 3 * N + n, ct * si * (1.f - tg * tg));
-        V::Store(dc->typed_data() + at + n, ct * sf);
-      });
-    }
-    return static_cast<const float*>(buf.data());
+  const int64_t N = p.dimensions()[3];
+  auto grad = [&]<int L>(int64_t i, float* dz, int64_t n) {
+    using V = Vec<L>;
+    const float* a = acts.typed_data() + i * 4 * N;
+    const int64_t at = i * N + n;
+    auto si = V::Load(a + n), sf = V::Load(a + N + n), so = V::Load(a + 2 * N + n);
+    auto tg = V::Load(a + 3 * N + n), dhn = V::Load(dh.typed_data() + at);
+    auto th = Tanh(V::Load(c_new.typed_data() + at));
+    auto ct = V::Load(dc_new.typed_data() + at) + dhn * so * (1.f - th * th);
+    V::Store(dz + n, ct * tg * si * (1.f - si));
+    V::Store(dz + N + n, ct * V::Load(c.typed_data() + at) * sf * (1.f - sf));
+    V::Store(dz + 2 * N + n, dhn * th * so * (1.f - so));
+    V::Store(dz + 3 * N + n, ct * si * (1.f - tg * tg));
+    V::Store(dc->typed_data() + at, ct * sf);
   };
-  return GateBackward(s, p, q, w, k, image_dy, dp, dq, dw, dk, dbias);
+  return BackwardWithUpdate(p, q, w, k, grad, dp, dq, dw, dk, dbias);
+}
+
+// ConvGRU's first convolution, G = 2, z = (z, r): outputs s(z) and s(r) h, and s(r).
+ffi::Error GruGatesFwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer bias,
+                           F32Buffer h, F32Result z_out, F32Result rh, F32Result r_out) {
+  const int64_t N = p.dimensions()[3];
+  return ForwardWithUpdate(p, q, w, k, bias, [&]<int L>(int64_t i, const float* z, int64_t n) {
+    using V = Vec<L>;
+    const int64_t at = i * N + n;
+    auto sr = Sigmoid(V::Load(z + N + n));
+    V::Store(z_out->typed_data() + at, Sigmoid(V::Load(z + n)));
+    V::Store(r_out->typed_data() + at, sr);
+    V::Store(rh->typed_data() + at, sr * V::Load(h.typed_data() + at));
+  });
+}
+
+// dz_z = d(s(z)) s(z) (1 - s(z)), dz_r = d(rh) h s(r) (1 - s(r)), and dh = d(rh) s(r).
+ffi::Error GruGatesBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer h,
+                           F32Buffer z, F32Buffer r, F32Buffer dz_out, F32Buffer drh,
+                           F32Result dp, F32Result dq, F32Result dw, F32Result dk,
+                           F32Result dbias, F32Result dh) {
+  const int64_t N = p.dimensions()[3];
+  auto grad = [&]<int L>(int64_t i, float* dz, int64_t n) {
+    using V = Vec<L>;
+    const int64_t at = i * N + n;
+    auto sz = V::Load(z.typed_data() + at), sr = V::Load(r.typed_data() + at);
+    auto g = V::Load(drh.typed_data() + at);
+    V::Store(dz + n, V::Load(dz_out.typed_data() + at) * sz * (1.f - sz));
+    V::Store(dz + N + n, g * V::Load(h.typed_data() + at) * sr * (1.f - sr));
+    V::Store(dh->typed_data() + at, g * sr);
+  };
+  return BackwardWithUpdate(p, q, w, k, grad, dp, dq, dw, dk, dbias);
+}
+
+// ConvGRU's second convolution, G = 1: h' = (1 - z) h + z tanh(y); keeps tanh(y).
+ffi::Error GruUpdateFwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer bias,
+                            F32Buffer z, F32Buffer h, F32Result h_new, F32Result t_out) {
+  const int64_t N = p.dimensions()[3];
+  return ForwardWithUpdate(p, q, w, k, bias, [&]<int L>(int64_t i, const float* y, int64_t n) {
+    using V = Vec<L>;
+    const int64_t at = i * N + n;
+    auto t = Tanh(V::Load(y + n)), zz = V::Load(z.typed_data() + at);
+    auto hh = V::Load(h.typed_data() + at);
+    V::Store(t_out->typed_data() + at, t);
+    V::Store(h_new->typed_data() + at, hh + zz * (t - hh));
+  });
+}
+
+// dy = dh' z (1 - t^2), dz = dh' (t - h), dh = dh' (1 - z).
+ffi::Error GruUpdateBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer z,
+                            F32Buffer h, F32Buffer t_in, F32Buffer dh_new, F32Result dp,
+                            F32Result dq, F32Result dw, F32Result dk, F32Result dbias,
+                            F32Result dz, F32Result dh) {
+  const int64_t N = p.dimensions()[3];
+  auto grad = [&]<int L>(int64_t i, float* dy, int64_t n) {
+    using V = Vec<L>;
+    const int64_t at = i * N + n;
+    auto t = V::Load(t_in.typed_data() + at), zz = V::Load(z.typed_data() + at);
+    auto g = V::Load(dh_new.typed_data() + at);
+    V::Store(dy + n, g * zz * (1.f - t * t));
+    V::Store(dz->typed_data() + at, g * (t - V::Load(h.typed_data() + at)));
+    V::Store(dh->typed_data() + at, g * (1.f - zz));
+  };
+  return BackwardWithUpdate(p, q, w, k, grad, dp, dq, dw, dk, dbias);
 }
 
 }  // namespace
@@ -370,13 +453,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGateBwd, GateBwdImpl,
                                   .Ret<F32Buffer>().Ret<F32Buffer>().Ret<F32Buffer>()
                                   .Ret<F32Buffer>().Ret<F32Buffer>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetLstmFwd, LstmFwdImpl,
-                              GateArgs().Arg<F32Buffer>()  // c
-                                  .Ret<F32Buffer>().Ret<F32Buffer>().Ret<F32Buffer>());
+// The updates' handlers: their state inputs follow bias (forward) or k (backward); the
+// backward's outputs are the gate convolution's five gradients, then the states'.
+#define F32_ARGS_1 .Arg<F32Buffer>()
+#define F32_ARGS_2 F32_ARGS_1 F32_ARGS_1
+#define F32_RETS_1 .Ret<F32Buffer>()
+#define F32_RETS_2 F32_RETS_1 F32_RETS_1
+#define F32_RETS_3 F32_RETS_2 F32_RETS_1
+#define F32_RETS_6 F32_RETS_3 F32_RETS_3
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetLstmBwd, LstmBwdImpl,
-                              GateArgs()  // c, then c', acts, dh', dc'
-                                  .Arg<F32Buffer>().Arg<F32Buffer>().Arg<F32Buffer>()
-                                  .Arg<F32Buffer>()  // dp, dq, dw, dk, dbias, dc
-                                  .Ret<F32Buffer>().Ret<F32Buffer>().Ret<F32Buffer>()
-                                  .Ret<F32Buffer>().Ret<F32Buffer>().Ret<F32Buffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetLstmFwd, LstmFwdImpl,  // c -> h', c', acts
+                              GateArgs() F32_ARGS_1 F32_RETS_3);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetLstmBwd, LstmBwdImpl,  // c, c', acts, dh', dc'
+                              GateArgs() F32_ARGS_2 F32_ARGS_2 F32_RETS_6);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGruGatesFwd, GruGatesFwdImpl,  // h -> s(z), s(r) h, s(r)
+                              GateArgs() F32_ARGS_1 F32_RETS_3);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGruGatesBwd, GruGatesBwdImpl,  // h, s(z), s(r), ds(z), drh
+                              GateArgs() F32_ARGS_2 F32_ARGS_2 F32_RETS_6);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGruUpdateFwd, GruUpdateFwdImpl,  // z, h -> h', tanh(y)
+                              GateArgs() F32_ARGS_2 F32_RETS_2);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGruUpdateBwd, GruUpdateBwdImpl,  // z, h, tanh(y), dh'
+                              GateArgs() F32_ARGS_2 F32_ARGS_1 F32_RETS_6 F32_RETS_1);

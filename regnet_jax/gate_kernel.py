@@ -71,8 +71,10 @@ def _library() -> ctypes.CDLL:
 @functools.cache
 def _register() -> None:
   lib = _library()
-  for name in ("RegnetGateFwd", "RegnetGateBwd", "RegnetLstmFwd", "RegnetLstmBwd"):
-    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+  for name in ("Gate", *_UPDATES):
+    for step in ("Fwd", "Bwd"):
+      target = f"Regnet{name}{step}"
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
 
 
 def check_supported(dtype: jnp.dtype) -> None:
@@ -134,38 +136,47 @@ def _gate_bwd(residuals, dy):
 gate.defvjp(_gate_fwd, _gate_bwd)
 
 
-@jax.custom_vjp
-def lstm(p: Array, q: Array, pointwise: Array, depthwise: Array, bias: Array, c: Array
-         ) -> tuple[Array, Array]:
-  """A ConvLSTM step whose four gates (i, f, o, g: ``G = 4``, as :func:`gate`) feed the cell
-  update inside the kernel, so neither they nor their gradients are materialised.
-
-  Args:
-    p, q, pointwise, depthwise, bias: as :func:`gate`, with ``G = 4``.
-    c: ``[B, H, W, N]``, the previous cell state.
-  Returns:
-    ``(h', c')``, each ``[B, H, W, N]``: ``c' = s(f) c + s(i) tanh(g)``, ``h' = s(o) tanh(c')``.
-  """
-  return _lstm_fwd(p, q, pointwise, depthwise, bias, c)[0]
+# The cells' updates fused after the gate convolution (``Regnet<Name>Fwd`` / ``Bwd`` in
+# gate_kernel.cc): the channels of the forward's outputs ("N" per state, "C" for all G*N
+# gates), how many of them the function returns, and which of them the backward reads.
+_UPDATES = {
+    "Lstm": (("N", "N", "C"), 2, (1, 2)),  # -> h', c'; keeps c' and the activations
+    "GruGates": (("N", "N", "N"), 2, (0, 2)),  # -> s(z), s(r) h; keeps s(z), s(r)
+    "GruUpdate": (("N", "N"), 1, (1,)),  # -> h'; keeps tanh(y)
+}
 
 
-def _lstm_fwd(p, q, pointwise, depthwise, bias, c):
-  _register()
-  state = jax.ShapeDtypeStruct(p.shape, jnp.float32)
-  acts = jax.ShapeDtypeStruct(p.shape[:-1] + bias.shape, jnp.float32)
-  h_new, c_new, activations = jax.ffi.ffi_call("RegnetLstmFwd", (state, state, acts))(
-      p, q, pointwise, depthwise, bias, c)
-  return (h_new, c_new), (p, q, pointwise, depthwise, c, c_new, activations)
+def _fused(name: str, doc: str):
+  """``f(p, q, pointwise, depthwise, bias, *states)``: the gates of :func:`gate` fed into a
+  cell's update inside the kernel, with a custom VJP; neither the gates nor their gradients
+  are materialised."""
+  channels, returned, kept = _UPDATES[name]
+
+  def forward(p, q, pointwise, depthwise, bias, *states):
+    _register()
+    shapes = [jax.ShapeDtypeStruct((*p.shape[:-1], bias.shape[0] if c == "C" else p.shape[-1]),
+                                   jnp.float32) for c in channels]
+    outs = jax.ffi.ffi_call(f"Regnet{name}Fwd", shapes)(p, q, pointwise, depthwise, bias, *states)
+    result = outs[0] if returned == 1 else tuple(outs[:returned])
+    return result, (p, q, pointwise, depthwise, *states, *(outs[i] for i in kept))
+
+  def backward(residuals, cotangents):
+    _register()
+    inputs = residuals[:len(residuals) - len(kept)]  # p, q, pointwise, depthwise, states
+    shapes = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in inputs]
+    shapes.insert(4, jax.ShapeDtypeStruct(residuals[3].shape[-1:], jnp.float32))  # bias
+    cotangents = (cotangents,) if returned == 1 else cotangents
+    return tuple(jax.ffi.ffi_call(f"Regnet{name}Bwd", shapes)(*residuals, *cotangents))
+
+  fused = jax.custom_vjp(lambda *args: forward(*args)[0])
+  fused.defvjp(forward, backward)
+  fused.__doc__ = doc
+  return fused
 
 
-def _lstm_bwd(residuals, cotangents):
-  _register()
-  p, q, pointwise, depthwise = residuals[:4]
-  shapes = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (p, q, pointwise, depthwise)]
-  bias = jax.ShapeDtypeStruct(depthwise.shape[-1:], jnp.float32)
-  state = jax.ShapeDtypeStruct(p.shape, jnp.float32)
-  return tuple(jax.ffi.ffi_call("RegnetLstmBwd", (*shapes, bias, state))(
-      *residuals, *cotangents))
-
-
-lstm.defvjp(_lstm_fwd, _lstm_bwd)
+lstm = _fused("Lstm", """ConvLSTM (G = 4 gates i, f, o, g; state c): ``(h', c')`` with
+``c' = s(f) c + s(i) tanh(g)``, ``h' = s(o) tanh(c')``; every array ``[B, H, W, N]``.""")
+gru_gates = _fused("GruGates", """ConvGRU's first convolution (G = 2 gates z, r; state h):
+``(s(z), s(r) h)``; every array ``[B, H, W, N]``.""")
+gru_update = _fused("GruUpdate", """ConvGRU's second convolution (G = 1 gate y; states z, h):
+``h' = (1 - z) h + z tanh(y)``; every array ``[B, H, W, N]``.""")

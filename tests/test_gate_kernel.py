@@ -54,17 +54,42 @@ def _lstm_reference(p, q, pointwise, depthwise, bias, c):
   return jax.nn.sigmoid(o) * jnp.tanh(c_new), c_new
 
 
+def _gru_gates_reference(*args):
+  """The ConvGRU's first convolution and its gating (cells.ConvCell)."""
+  *gate_args, h = args
+  z, r = jnp.split(_reference(*gate_args), 2, axis=-1)
+  return jax.nn.sigmoid(z), jax.nn.sigmoid(r) * h
+
+
+def _gru_update_reference(*args):
+  """The ConvGRU's second convolution and its update (cells.ConvCell)."""
+  *gate_args, z, h = args
+  return (1 - z) * h + z * jnp.tanh(_reference(*gate_args))
+
+
+# name: (gates, reference, number of states, number of outputs)
+FUSED = {"lstm": (4, _lstm_reference, 1, 2), "gru_gates": (2, _gru_gates_reference, 1, 2),
+         "gru_update": (1, _gru_update_reference, 2, 1)}
+
+
+@pytest.mark.parametrize("name", FUSED)
 @pytest.mark.parametrize("shape", [(2, 5, 7, 3), (1, 1, 1, 4), (3, 4, 6, 16), (5, 2, 3, 9)])
-def test_fused_lstm_step_and_gradients_equal_reference(shape):
-  args, _ = _args(shape, 4)
-  keys = jax.random.split(jax.random.PRNGKey(7), 3)
-  args = (*args, jax.random.normal(keys[0], shape))
-  dh, dc = (jax.random.normal(k, shape) for k in keys[1:])
-  for got, want in zip(gate_kernel.lstm(*args), _lstm_reference(*args), strict=True):
+def test_fused_cell_updates_and_gradients_equal_reference(name, shape):
+  """Each update fused into the kernel, forward and every gradient (inputs, parameters,
+  states) against autodiff of the plain-jnp gates and update."""
+  gates, reference, states, outputs = FUSED[name]
+  fused = getattr(gate_kernel, name)
+  args, _ = _args(shape, gates)
+  keys = jax.random.split(jax.random.PRNGKey(7), states + outputs)
+  args = (*args, *(jax.random.normal(k, shape) for k in keys[:states]))
+  cotangents = [jax.random.normal(k, shape) for k in keys[states:]]
+  listed = lambda f: lambda *a: f(*a) if outputs > 1 else (f(*a),)
+  for got, want in zip(listed(fused)(*args), listed(reference)(*args), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  loss = lambda f: lambda *a: jnp.vdot(f(*a)[0], dh) + jnp.vdot(f(*a)[1], dc)
-  got = jax.grad(loss(gate_kernel.lstm), range(6))(*args)
-  want = jax.grad(loss(_lstm_reference), range(6))(*args)
+  loss = lambda f: lambda *a: sum(
+      jnp.vdot(y, c) for y, c in zip(listed(f)(*a), cotangents, strict=True))
+  got = jax.grad(loss(fused), range(len(args)))(*args)
+  want = jax.grad(loss(reference), range(len(args)))(*args)
   for g, w in zip(got, want, strict=True):
     assert g.shape == w.shape
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
