@@ -73,7 +73,7 @@ FUSED = {"lstm": (4, _lstm_reference, 1, 2), "gru_gates": (2, _gru_gates_referen
 
 
 @pytest.mark.parametrize("name", FUSED)
-@pytest.mark.parametrize("shape", [(2, 5, 7, 3), (1, 1, 1, 4), (3, 4, 6, 16), (5, 2, 3, 9)])
+@pytest.mark.parametrize("shape", [(2, 5, 7, 3), (1, 1, 1, 4), (5, 2, 3, 9)])
 def test_fused_cell_updates_and_gradients_equal_reference(name, shape):
   """Each update fused into the kernel, forward and every gradient (inputs, parameters,
   states) against autodiff of the plain-jnp gates and update."""
