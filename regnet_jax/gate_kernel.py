@@ -3,8 +3,9 @@
 The cells' light-weight gates (:class:`regnet_jax.cells.GateConv`) are memory-bound chains of
 small operations, and XLA:CPU materialises many intermediates of their forward and backward
 passes. ``gate_kernel.cc`` computes a gate's pair mix, depthwise 3x3 and bias in one pass, and
-its whole gradient in another, called through JAX's FFI; for the ConvLSTM (:func:`lstm`) it
-also applies the cell's update, so that the gates never leave the kernel. It is compiled on
+its whole gradient in another, called through JAX's FFI; for the ConvLSTM and ConvGRU
+(:func:`lstm`, :func:`gru_gates`, :func:`gru_update`) it also applies the cell's update, so
+that the gates never leave the kernel. It is compiled on
 first use with the system's C++ compiler (``$CXX``, else ``c++``) against the FFI headers
 shipped with jaxlib, and cached under ``$REGNET_KERNEL_CACHE`` (default
 ``~/.cache/regnet_jax``) per source, compiler, jaxlib and CPU. CPU backend and float32 only;
@@ -22,7 +23,9 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -146,7 +149,7 @@ _UPDATES = {
 }
 
 
-def _fused(name: str, doc: str):
+def _fused(name: str, doc: str) -> Callable[..., Any]:
   """``f(p, q, pointwise, depthwise, bias, *states)``: the gates of :func:`gate` fed into a
   cell's update inside the kernel, with a custom VJP; neither the gates nor their gradients
   are materialised."""
