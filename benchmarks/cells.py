@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from benchmarks.throughput import parse_value, report
+from benchmarks.throughput import parse_variants, report
 from regnet_jax import cells, host, models
 
 
@@ -130,7 +130,7 @@ def main() -> None:
                       help="leave glibc's malloc as it is (see regnet_jax/host.py)")
   args = parser.parse_args()
   host.reexec_with_cpu_settings(hugepages=not args.no_hugepages)
-  variants = [{}] + [{k: parse_value(v)} for k, v in (s.split("=", 1) for s in args.variants)]
+  variants = parse_variants(args.variants)
   rows = benchmark_cells(args.cells, args.stages, variants, args.batch_size, args.steps,
                          args.warmup)
   report(rows, args.json, f"batch {args.batch_size}, float32")

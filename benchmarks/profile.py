@@ -27,7 +27,7 @@ import time
 
 import jax
 
-from benchmarks.throughput import build_train_step, parse_value, report
+from benchmarks.throughput import build_train_step, parse_variants, report
 from regnet_jax import host
 
 
@@ -101,7 +101,7 @@ def main() -> None:
   parser.add_argument("--json", default=None, help="also write the rows to this file")
   args = parser.parse_args()
   host.reexec_with_cpu_settings(hugepages=True)
-  variants = [{}] + [{k: parse_value(v)} for k, v in (s.split("=", 1) for s in args.variants)]
+  variants = parse_variants(args.variants)
   rows = [row for name in args.models for overrides in variants
           for row in profile_model(name, overrides, args.batch_size, args.steps, args.warmup,
                                    args.by, args.top)]

@@ -39,6 +39,13 @@ def parse_value(text: str):
   return text
 
 
+def parse_variants(specs: list[str]) -> list[dict]:
+  """``['a=1', 'b=x,c=2']`` -> ``[{}, {'a': 1}, {'b': 'x', 'c': 2}]``: the default, then one
+  variant per spec, each a comma-separated list of attribute overrides."""
+  return [{}] + [{k: parse_value(v) for k, v in (kv.split("=", 1) for kv in spec.split(","))}
+                 for spec in specs]
+
+
 def _peak_memory_mb() -> float:
   stats = jax.devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
@@ -205,7 +212,8 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--models", nargs="*", default=["resnet20", "regnet20_gru"])
   parser.add_argument("--variants", nargs="*", default=[],
-                      help="attribute overrides to compare with the default, e.g. cell_impl=conv")
+                      help="attribute overrides to compare with the default, e.g. cell_impl=conv "
+                      "or cell_impl=kernel,pairing=interleave")
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   parser.add_argument("--devices", type=int, default=1)
@@ -234,7 +242,7 @@ def main() -> None:
           rows.append(benchmark_resident(name, args.batch_size, steps_per_call,
                                          max(args.steps // steps_per_call, 1), args.devices))
   else:
-    variants = [{}] + [{k: parse_value(v)} for k, v in (s.split("=", 1) for s in args.variants)]
+    variants = parse_variants(args.variants)
     for _ in range(args.rounds):
       for name in args.models:
         for overrides in variants:

@@ -158,16 +158,16 @@ class GateConv(nn.Module):
     bias = (self.param("bias", nn.initializers.zeros, (g * n,)) if self.use_bias
             else jnp.zeros((g * n,))).astype(self.dtype)
     pointwise, depthwise = pointwise.astype(self.dtype), depthwise.astype(self.dtype)
-    p, q = _channel_pairs(a, b, self.pairing)
     impl = self.impl
     if impl == "auto":
       impl = "kernel" if gate_kernel.usable(self.dtype) else "elementwise"
-    if impl == "kernel":
+    if impl == "kernel":  # pairs the channels of a, b itself
       gate_kernel.check_supported(self.dtype)
+      args = (self.pairing, a, b, pointwise, depthwise, bias)
       if update is not None:
-        fused = getattr(gate_kernel, update)
-        return fused(p, q, pointwise, depthwise, bias, *(x.astype(self.dtype) for x in states))
-      return tuple(jnp.split(gate_kernel.gate(p, q, pointwise, depthwise, bias), g, axis=-1))
+        return getattr(gate_kernel, update)(*args, *(x.astype(self.dtype) for x in states))
+      return tuple(jnp.split(gate_kernel.gate(*args), g, axis=-1))
+    p, q = _channel_pairs(a, b, self.pairing)
     gates = [slice(i * n, (i + 1) * n) for i in range(g)]
     if impl == "conv":
       # Pair channels (p_k, q_k) as input group k; group k's outputs are its G gates.

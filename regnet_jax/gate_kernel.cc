@@ -1,23 +1,27 @@
 // The light-weight gate convolution of regnet_jax/cells.py as one CPU kernel (cell_impl='kernel').
 //
+// Pairs:    the cell's inputs a, b [B, H, W, N] form N channel pairs (p_n, q_n): (a_n, b_n) with
+//           the interleave pairing; channels (2n, 2n+1) of concat([a, b]) with the concat
+//           pairing (the literal grouped 1x1), taken apart row by row inside the kernel.
 // Forward:  y[b,h,x,c] = bias[c] + sum_{i,j} k[i,j,c] * m[b, h+i-1, x+j-1, c] (zero-padded),
 //           m[.., g*N + n] = w[0, g*N+n] * p[.., n] + w[1, g*N+n] * q[.., n] (gate g's pair mix).
 // Backward: dm = the same taps over dy with the kernel flipped; dk, dbias, dw reduced over the
 //           batch (one accumulator per thread); dp[.., n] = sum_g w[0, g*N+n] dm[.., g*N+n], and
-//           dq likewise.
+//           dq likewise, put back into da, db by the pairing.
 // LSTM:     the four gates z = (i, f, o, g) of a ConvLSTM step (G = 4) go straight into the
 //           cell's update, c' = s(f) c + s(i) tanh(g), h' = s(o) tanh(c'), so that neither the
 //           gates nor their gradients leave the kernel; the forward keeps the activations
 //           (s(i), s(f), s(o), tanh(g)) [B, H, W, C] for the backward.
-// Shapes (NHWC, float32, C-contiguous): p, q [B, H, W, N]; w [2, C]; k [3, 3, C]; bias [C];
+// Shapes (NHWC, float32, C-contiguous): a, b [B, H, W, N]; w [2, C]; k [3, 3, C]; bias [C];
 // y, dy [B, H, W, C] with C = G*N. The mix is recomputed row by row into a three-row ring
-// buffer, so each pass reads p, q (and dy) once and writes y (or dp, dq) once (measured against
+// buffer, so each pass reads a, b (and dy) once and writes y (or da, db) once (measured against
 // XLA's fusions in docs/performance.md). Images are split over the machine's hardware threads.
 #include <sched.h>
 
 #include <algorithm>
 #include <cstring>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -30,12 +34,60 @@ namespace {
 
 struct Shape {
   int64_t B, H, W, N, C;
+  bool concat;  // the pairing: channels (2n, 2n+1) of concat([a, b]), else (a_n, b_n)
 };
 
-// Pair mix of input row r into dst[(W + 2) * C] (zero columns at both ends; zeros if r is
-// outside the image): dst[x + 1][g * N + n] = w0[g*N+n] * p[r, x, n] + w1[g*N+n] * q[r, x, n].
-void MixRow(const Shape& s, const float* p, const float* q, const float* w0, const float* w1,
-            int64_t r, float* dst) {
+// Moves one row's channels between a, b [W, N] and their concat-paired members p, q [W, N]
+// (pair n is channels (2n, 2n + 1) of concat([a, b]); with an odd N one pair is (a's last, b's
+// first)): into p, q if ToPairs (A = const float, P = float), else back into a, b.
+template <bool ToPairs, typename A, typename P>
+void ConcatPairs(const Shape& s, A* a, A* b, P* p, P* q) {
+  const int64_t N = s.N, half = N / 2, odd = N % 2;
+  auto move = [](auto& member, auto& channel) {
+    if constexpr (ToPairs) member = channel; else channel = member;
+  };
+  for (int64_t x = 0; x < s.W; ++x) {
+    A *ax = a + x * N, *bx = b + x * N;
+    P *px = p + x * N, *qx = q + x * N;
+    for (int64_t n = 0; n < half; ++n) {
+      move(px[n], ax[2 * n]);
+      move(qx[n], ax[2 * n + 1]);
+    }
+    if (odd) {
+      move(px[half], ax[N - 1]);
+      move(qx[half], bx[0]);
+    }
+    for (int64_t n = 0; n < half; ++n) {
+      move(px[N - half + n], bx[odd + 2 * n]);
+      move(qx[N - half + n], bx[odd + 2 * n + 1]);
+    }
+  }
+}
+
+// The pair members p, q [W, N] of one row of a, b [W, N]: a and b themselves with the
+// interleave pairing, else taken apart into buf [2, W, N].
+std::pair<const float*, const float*> PairRow(const Shape& s, const float* a, const float* b,
+                                              float* buf) {
+  if (!s.concat) return {a, b};
+  ConcatPairs<true>(s, a, b, buf, buf + s.W * s.N);
+  return {buf, buf + s.W * s.N};
+}
+
+// PairRow's inverse for gradients: dp, dq [W, N] of one row into da, db [W, N].
+void UnpairRow(const Shape& s, const float* dp, const float* dq, float* da, float* db) {
+  if (s.concat) {
+    ConcatPairs<false>(s, da, db, dp, dq);
+    return;
+  }
+  std::memcpy(da, dp, sizeof(float) * s.W * s.N);
+  std::memcpy(db, dq, sizeof(float) * s.W * s.N);
+}
+
+// Pair mix of input row r of one image's a, b [H, W, N] into dst[(W + 2) * C] (zero columns
+// at both ends; zeros if r is outside the image):
+// dst[x + 1][g * N + n] = w0[g*N+n] * p[r, x, n] + w1[g*N+n] * q[r, x, n]; buf as PairRow's.
+void MixRow(const Shape& s, const float* a, const float* b, const float* w0, const float* w1,
+            int64_t r, float* buf, float* dst) {
   const int64_t C = s.C, N = s.N;
   if (r < 0 || r >= s.H) {
     std::memset(dst, 0, sizeof(float) * (s.W + 2) * C);
@@ -43,9 +95,10 @@ void MixRow(const Shape& s, const float* p, const float* q, const float* w0, con
   }
   std::memset(dst, 0, sizeof(float) * C);
   std::memset(dst + (s.W + 1) * C, 0, sizeof(float) * C);
+  auto [p, q] = PairRow(s, a + r * s.W * N, b + r * s.W * N, buf);
   for (int64_t x = 0; x < s.W; ++x) {
-    const float* __restrict pr = p + (r * s.W + x) * N;
-    const float* __restrict qr = q + (r * s.W + x) * N;
+    const float* __restrict pr = p + x * N;
+    const float* __restrict qr = q + x * N;
     float* __restrict d = dst + (x + 1) * C;
     for (int64_t g = 0; g < C / N; ++g) {
       const float* __restrict a = w0 + g * N;
@@ -101,22 +154,22 @@ int64_t NumThreads(int64_t batch) {
   return std::max<int64_t>(1, std::min<int64_t>(batch, available));
 }
 
-// Calls fn(b, h, rows) for every row h of thread t's images b (b = t, t + threads, ...), where
-// rows[i] is the zero-padded pair mix of input row h + i - 1, (W + 2) * C floats (MixRow).
+// Calls fn(i, h, rows) for every row h of thread t's images i (i = t, t + threads, ...), where
+// rows[j] is the zero-padded pair mix of input row h + j - 1, (W + 2) * C floats (MixRow).
 template <typename F>
-void ForEachMixedRow(const Shape& s, const float* p, const float* q, const float* w0,
+void ForEachMixedRow(const Shape& s, const float* a, const float* b, const float* w0,
                      const float* w1, int64_t t, int64_t threads, F&& fn) {
-  std::vector<float> buf(3 * (s.W + 2) * s.C);
+  std::vector<float> buf(3 * (s.W + 2) * s.C), pairs(2 * s.W * s.N);
   auto row = [&](int64_t r) { return buf.data() + ((r + 3) % 3) * (s.W + 2) * s.C; };
-  for (int64_t b = t; b < s.B; b += threads) {
-    const float* pb = p + b * s.H * s.W * s.N;
-    const float* qb = q + b * s.H * s.W * s.N;
-    MixRow(s, pb, qb, w0, w1, -1, row(-1));
-    MixRow(s, pb, qb, w0, w1, 0, row(0));
+  for (int64_t i = t; i < s.B; i += threads) {
+    const float* ai = a + i * s.H * s.W * s.N;
+    const float* bi = b + i * s.H * s.W * s.N;
+    MixRow(s, ai, bi, w0, w1, -1, pairs.data(), row(-1));
+    MixRow(s, ai, bi, w0, w1, 0, pairs.data(), row(0));
     for (int64_t h = 0; h < s.H; ++h) {
-      MixRow(s, pb, qb, w0, w1, h + 1, row(h + 1));
+      MixRow(s, ai, bi, w0, w1, h + 1, pairs.data(), row(h + 1));
       const float* rows[3] = {row(h - 1), row(h), row(h + 1)};
-      fn(b, h, rows);
+      fn(i, h, rows);
     }
   }
 }
@@ -160,16 +213,21 @@ T Sigmoid(T x) {
   return 0.5f + 0.5f * Tanh(0.5f * x);
 }
 
-ffi::Error GateFwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer bias,
-                       F32Result y) {
-  auto d = p.dimensions();
-  Shape s{d[0], d[1], d[2], d[3], bias.dimensions()[0]};
+// The shapes of a call: a [B, H, W, N] and C gate channels.
+Shape ShapeOf(const F32Buffer& a, int64_t C, bool concat) {
+  auto d = a.dimensions();
+  return {d[0], d[1], d[2], d[3], C, concat};
+}
+
+ffi::Error GateFwdImpl(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k, F32Buffer bias,
+                       F32Result y, bool concat) {
+  const Shape s = ShapeOf(a, bias.dimensions()[0], concat);
   const float* w0 = w.typed_data();
   ParallelOverBatch(s.B, NumThreads(s.B), [&](int64_t t, int64_t threads) {
-    ForEachMixedRow(s, p.typed_data(), q.typed_data(), w0, w0 + s.C, t, threads,
-                    [&](int64_t b, int64_t h, const float* const* rows) {
+    ForEachMixedRow(s, a.typed_data(), b.typed_data(), w0, w0 + s.C, t, threads,
+                    [&](int64_t i, int64_t h, const float* const* rows) {
       GateRow(s, rows, k.typed_data(), bias.typed_data(),
-              y->typed_data() + (b * s.H + h) * s.W * s.C);
+              y->typed_data() + (i * s.H + h) * s.W * s.C);
     });
   });
   return ffi::Error::Success();
@@ -178,30 +236,29 @@ ffi::Error GateFwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Bu
 // The gate convolution followed by a cell's update: update.template operator()<L>(i, z, n) for
 // every pixel i (flat index into [B, H, W]) and channel block n < N, with z that pixel's C gates.
 template <typename Update>
-ffi::Error ForwardWithUpdate(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer bias,
-                             Update update) {
-  auto d = p.dimensions();
-  Shape s{d[0], d[1], d[2], d[3], bias.dimensions()[0]};
+ffi::Error ForwardWithUpdate(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k, F32Buffer bias,
+                             bool concat, Update update) {
+  const Shape s = ShapeOf(a, bias.dimensions()[0], concat);
   const float* w0 = w.typed_data();
   ParallelOverBatch(s.B, NumThreads(s.B), [&](int64_t t, int64_t threads) {
     std::vector<float> z(s.W * s.C);
-    ForEachMixedRow(s, p.typed_data(), q.typed_data(), w0, w0 + s.C, t, threads,
-                    [&](int64_t b, int64_t h, const float* const* rows) {
+    ForEachMixedRow(s, a.typed_data(), b.typed_data(), w0, w0 + s.C, t, threads,
+                    [&](int64_t i, int64_t h, const float* const* rows) {
       GateRow(s, rows, k.typed_data(), bias.typed_data(), z.data());
       for (int64_t x = 0; x < s.W; ++x)
         ForChannelBlocks(s.N, [&]<int L>(int64_t n) {
-          update.template operator()<L>((b * s.H + h) * s.W + x, z.data() + x * s.C, n);
+          update.template operator()<L>((i * s.H + h) * s.W + x, z.data() + x * s.C, n);
         });
     });
   });
   return ffi::Error::Success();
 }
 
-// The gate convolution's backward pass, given each image's gate gradients: image_dy(b, buf)
-// returns image b's [H, W, C] gradient (it may compute it into the thread's buffer buf).
+// The gate convolution's backward pass, given each image's gate gradients: image_dy(i, buf)
+// returns image i's [H, W, C] gradient (it may compute it into the thread's buffer buf).
 template <typename ImageDy>
-ffi::Error GateBackward(const Shape& s, F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k,
-                        ImageDy image_dy, F32Result dp, F32Result dq, F32Result dw,
+ffi::Error GateBackward(const Shape& s, F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k,
+                        ImageDy image_dy, F32Result da, F32Result db, F32Result dw,
                         F32Result dk, F32Result dbias) {
   const int64_t C = s.C, W = s.W, N = s.N, G = C / N;
   const float* w0 = w.typed_data();
@@ -210,18 +267,14 @@ ffi::Error GateBackward(const Shape& s, F32Buffer p, F32Buffer q, F32Buffer w, F
   const int64_t num_threads = NumThreads(s.B);
   std::vector<float> acc(num_threads * 12 * C, 0.f);  // per thread: dk (9C), dw0, dw1, dbias
   ParallelOverBatch(s.B, num_threads, [&](int64_t t, int64_t threads) {
-    std::vector<float> dm(W * C), buf;
+    std::vector<float> dm(W * C), buf, pairs(2 * W * N), dpq(2 * W * N);
     const float* dyb = nullptr;
-    float* a = acc.data() + t * 12 * C;
-    float *adk = a, *adw0 = a + 9 * C, *adw1 = a + 10 * C, *adb = a + 11 * C;
-    ForEachMixedRow(s, p.typed_data(), q.typed_data(), w0, w1, t, threads,
-                    [&](int64_t b, int64_t h, const float* const* rows) {
-      const int64_t image = b * s.H * W;
-      const float* pb = p.typed_data() + image * N;
-      const float* qb = q.typed_data() + image * N;
-      if (h == 0) dyb = image_dy(b, buf);
-      float* dpb = dp->typed_data() + image * N;
-      float* dqb = dq->typed_data() + image * N;
+    float* mine = acc.data() + t * 12 * C;
+    float *adk = mine, *adw0 = mine + 9 * C, *adw1 = mine + 10 * C, *adb = mine + 11 * C;
+    ForEachMixedRow(s, a.typed_data(), b.typed_data(), w0, w1, t, threads,
+                    [&](int64_t image, int64_t h, const float* const* rows) {
+      const int64_t row = (image * s.H + h) * W * N;  // of a, b, da, db
+      if (h == 0) dyb = image_dy(image, buf);
       const float* g = dyb + h * W * C;
       // dk[i, j] += sum_x m[h+i-1, x+j-1] * dy[h, x]; dbias += sum_x dy[h, x]: the ten sums
       // of a channel block stay in registers along the row.
@@ -258,12 +311,13 @@ ffi::Error GateBackward(const Shape& s, F32Buffer p, F32Buffer q, F32Buffer w, F
           V::Store(dm.data() + x * C + c, sum);
         });
       }
-      // Through the pair mix.
+      // Through the pair mix, then back from the pairs to a, b.
+      auto [p, q] = PairRow(s, a.typed_data() + row, b.typed_data() + row, pairs.data());
       for (int64_t x = 0; x < W; ++x) {
-        const float* __restrict pr = pb + (h * W + x) * N;
-        const float* __restrict qr = qb + (h * W + x) * N;
-        float* __restrict dpr = dpb + (h * W + x) * N;
-        float* __restrict dqr = dqb + (h * W + x) * N;
+        const float* __restrict pr = p + x * N;
+        const float* __restrict qr = q + x * N;
+        float* __restrict dpr = dpq.data() + x * N;
+        float* __restrict dqr = dpq.data() + (W + x) * N;
         const float* m = dm.data() + x * C;
         std::memset(dpr, 0, sizeof(float) * N);
         std::memset(dqr, 0, sizeof(float) * N);
@@ -281,6 +335,8 @@ ffi::Error GateBackward(const Shape& s, F32Buffer p, F32Buffer q, F32Buffer w, F
           }
         }
       }
+      UnpairRow(s, dpq.data(), dpq.data() + W * N, da->typed_data() + row,
+                db->typed_data() + row);
     });
   });
   float* odk = dk->typed_data();
@@ -290,79 +346,80 @@ ffi::Error GateBackward(const Shape& s, F32Buffer p, F32Buffer q, F32Buffer w, F
   std::fill(odw, odw + 2 * C, 0.f);
   std::fill(odb, odb + C, 0.f);
   for (int64_t t = 0; t < num_threads; ++t) {
-    const float* a = acc.data() + t * 12 * C;
-    for (int64_t c = 0; c < 9 * C; ++c) odk[c] += a[c];
-    for (int64_t c = 0; c < 2 * C; ++c) odw[c] += a[9 * C + c];
-    for (int64_t c = 0; c < C; ++c) odb[c] += a[11 * C + c];
+    const float* theirs = acc.data() + t * 12 * C;
+    for (int64_t c = 0; c < 9 * C; ++c) odk[c] += theirs[c];
+    for (int64_t c = 0; c < 2 * C; ++c) odw[c] += theirs[9 * C + c];
+    for (int64_t c = 0; c < C; ++c) odb[c] += theirs[11 * C + c];
   }
   return ffi::Error::Success();
 }
 
-ffi::Error GateBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer dy,
-                       F32Result dp, F32Result dq, F32Result dw, F32Result dk, F32Result dbias) {
-  auto d = p.dimensions();
-  Shape s{d[0], d[1], d[2], d[3], dy.dimensions()[3]};
-  auto image_dy = [&](int64_t b, std::vector<float>&) {
-    return dy.typed_data() + b * s.H * s.W * s.C;
+ffi::Error GateBwdImpl(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k, F32Buffer dy,
+                       F32Result da, F32Result db, F32Result dw, F32Result dk, F32Result dbias,
+                       bool concat) {
+  const Shape s = ShapeOf(a, dy.dimensions()[3], concat);
+  auto image_dy = [&](int64_t i, std::vector<float>&) {
+    return dy.typed_data() + i * s.H * s.W * s.C;
   };
-  return GateBackward(s, p, q, w, k, image_dy, dp, dq, dw, dk, dbias);
+  return GateBackward(s, a, b, w, k, image_dy, da, db, dw, dk, dbias);
 }
 
 // The backward pass of a gate convolution followed by a cell's update: grad.template
 // operator()<L>(i, dz, n) writes the C gate gradients dz of pixel i, channel block n (and any
 // state gradients); they are computed image by image into a per-thread buffer.
 template <typename Grad>
-ffi::Error BackwardWithUpdate(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, Grad grad,
-                              F32Result dp, F32Result dq, F32Result dw, F32Result dk,
+ffi::Error BackwardWithUpdate(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k, bool concat,
+                              Grad grad, F32Result da, F32Result db, F32Result dw, F32Result dk,
                               F32Result dbias) {
-  auto d = p.dimensions();
-  Shape s{d[0], d[1], d[2], d[3], w.dimensions()[1]};
+  const Shape s = ShapeOf(a, w.dimensions()[1], concat);
   const int64_t pixels = s.H * s.W;
-  auto image_dy = [&](int64_t b, std::vector<float>& buf) {
+  auto image_dy = [&](int64_t image, std::vector<float>& buf) {
     buf.resize(pixels * s.C);
     for (int64_t i = 0; i < pixels; ++i)
       ForChannelBlocks(s.N, [&]<int L>(int64_t n) {
-        grad.template operator()<L>(b * pixels + i, buf.data() + i * s.C, n);
+        grad.template operator()<L>(image * pixels + i, buf.data() + i * s.C, n);
       });
     return static_cast<const float*>(buf.data());
   };
-  return GateBackward(s, p, q, w, k, image_dy, dp, dq, dw, dk, dbias);
+  return GateBackward(s, a, b, w, k, image_dy, da, db, dw, dk, dbias);
 }
 
 // ConvLSTM, G = 4, z = (i, f, o, g): c' = s(i) tanh(g) + s(f) c, h' = s(o) tanh(c'); keeps the
-// activations a = (s(i), s(f), s(o), tanh(g)) [B, H, W, 4N] for the backward.
-ffi::Error LstmFwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer bias,
-                       F32Buffer c, F32Result h_new, F32Result c_new, F32Result acts) {
-  const int64_t N = p.dimensions()[3];
-  return ForwardWithUpdate(p, q, w, k, bias, [&]<int L>(int64_t i, const float* z, int64_t n) {
+// activations act = (s(i), s(f), s(o), tanh(g)) [B, H, W, 4N] for the backward.
+ffi::Error LstmFwdImpl(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k, F32Buffer bias,
+                       F32Buffer c, F32Result h_new, F32Result c_new, F32Result acts,
+                       bool concat) {
+  const int64_t N = a.dimensions()[3];
+  auto update = [&]<int L>(int64_t i, const float* z, int64_t n) {
     using V = Vec<L>;
     auto si = Sigmoid(V::Load(z + n)), sf = Sigmoid(V::Load(z + N + n));
     auto so = Sigmoid(V::Load(z + 2 * N + n)), tg = Tanh(V::Load(z + 3 * N + n));
     auto cn = sf * V::Load(c.typed_data() + i * N + n) + si * tg;
     V::Store(c_new->typed_data() + i * N + n, cn);
     V::Store(h_new->typed_data() + i * N + n, so * Tanh(cn));
-    float* a = acts->typed_data() + i * 4 * N;
-    V::Store(a + n, si);
-    V::Store(a + N + n, sf);
-    V::Store(a + 2 * N + n, so);
-    V::Store(a + 3 * N + n, tg);
-  });
+    float* act = acts->typed_data() + i * 4 * N;
+    V::Store(act + n, si);
+    V::Store(act + N + n, sf);
+    V::Store(act + 2 * N + n, so);
+    V::Store(act + 3 * N + n, tg);
+  };
+  return ForwardWithUpdate(a, b, w, k, bias, concat, update);
 }
 
 // With ct = dc' + dh' s(o) (1 - tanh(c')^2): dz_i = ct tanh(g) s(i) (1 - s(i)),
 // dz_f = ct c s(f) (1 - s(f)), dz_o = dh' tanh(c') s(o) (1 - s(o)),
 // dz_g = ct s(i) (1 - tanh(g)^2), and dc = ct s(f).
-ffi::Error LstmBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer c,
+ffi::Error LstmBwdImpl(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k, F32Buffer c,
                        F32Buffer c_new, F32Buffer acts, F32Buffer dh, F32Buffer dc_new,
-                       F32Result dp, F32Result dq, F32Result dw, F32Result dk, F32Result dbias,
-                       F32Result dc) {
-  const int64_t N = p.dimensions()[3];
+                       F32Result da, F32Result db, F32Result dw, F32Result dk, F32Result dbias,
+                       F32Result dc, bool concat) {
+  const int64_t N = a.dimensions()[3];
   auto grad = [&]<int L>(int64_t i, float* dz, int64_t n) {
     using V = Vec<L>;
-    const float* a = acts.typed_data() + i * 4 * N;
+    const float* act = acts.typed_data() + i * 4 * N;
     const int64_t at = i * N + n;
-    auto si = V::Load(a + n), sf = V::Load(a + N + n), so = V::Load(a + 2 * N + n);
-    auto tg = V::Load(a + 3 * N + n), dhn = V::Load(dh.typed_data() + at);
+    auto si = V::Load(act + n), sf = V::Load(act + N + n), so = V::Load(act + 2 * N + n);
+    auto tg = V::Load(act + 3 * N + n), dhn = V::Load(dh.typed_data() + at);
     auto th = Tanh(V::Load(c_new.typed_data() + at));
     auto ct = V::Load(dc_new.typed_data() + at) + dhn * so * (1.f - th * th);
     V::Store(dz + n, ct * tg * si * (1.f - si));
@@ -371,29 +428,31 @@ ffi::Error LstmBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Bu
     V::Store(dz + 3 * N + n, ct * si * (1.f - tg * tg));
     V::Store(dc->typed_data() + at, ct * sf);
   };
-  return BackwardWithUpdate(p, q, w, k, grad, dp, dq, dw, dk, dbias);
+  return BackwardWithUpdate(a, b, w, k, concat, grad, da, db, dw, dk, dbias);
 }
 
 // ConvGRU's first convolution, G = 2, z = (z, r): outputs s(z) and s(r) h, and s(r).
-ffi::Error GruGatesFwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer bias,
-                           F32Buffer h, F32Result z_out, F32Result rh, F32Result r_out) {
-  const int64_t N = p.dimensions()[3];
-  return ForwardWithUpdate(p, q, w, k, bias, [&]<int L>(int64_t i, const float* z, int64_t n) {
+ffi::Error GruGatesFwdImpl(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k, F32Buffer bias,
+                           F32Buffer h, F32Result z_out, F32Result rh, F32Result r_out,
+                           bool concat) {
+  const int64_t N = a.dimensions()[3];
+  auto update = [&]<int L>(int64_t i, const float* z, int64_t n) {
     using V = Vec<L>;
     const int64_t at = i * N + n;
     auto sr = Sigmoid(V::Load(z + N + n));
     V::Store(z_out->typed_data() + at, Sigmoid(V::Load(z + n)));
     V::Store(r_out->typed_data() + at, sr);
     V::Store(rh->typed_data() + at, sr * V::Load(h.typed_data() + at));
-  });
+  };
+  return ForwardWithUpdate(a, b, w, k, bias, concat, update);
 }
 
 // dz_z = d(s(z)) s(z) (1 - s(z)), dz_r = d(rh) h s(r) (1 - s(r)), and dh = d(rh) s(r).
-ffi::Error GruGatesBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer h,
+ffi::Error GruGatesBwdImpl(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k, F32Buffer h,
                            F32Buffer z, F32Buffer r, F32Buffer dz_out, F32Buffer drh,
-                           F32Result dp, F32Result dq, F32Result dw, F32Result dk,
-                           F32Result dbias, F32Result dh) {
-  const int64_t N = p.dimensions()[3];
+                           F32Result da, F32Result db, F32Result dw, F32Result dk,
+                           F32Result dbias, F32Result dh, bool concat) {
+  const int64_t N = a.dimensions()[3];
   auto grad = [&]<int L>(int64_t i, float* dz, int64_t n) {
     using V = Vec<L>;
     const int64_t at = i * N + n;
@@ -403,29 +462,31 @@ ffi::Error GruGatesBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F
     V::Store(dz + N + n, g * V::Load(h.typed_data() + at) * sr * (1.f - sr));
     V::Store(dh->typed_data() + at, g * sr);
   };
-  return BackwardWithUpdate(p, q, w, k, grad, dp, dq, dw, dk, dbias);
+  return BackwardWithUpdate(a, b, w, k, concat, grad, da, db, dw, dk, dbias);
 }
 
 // ConvGRU's second convolution, G = 1: h' = (1 - z) h + z tanh(y); keeps tanh(y).
-ffi::Error GruUpdateFwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer bias,
-                            F32Buffer z, F32Buffer h, F32Result h_new, F32Result t_out) {
-  const int64_t N = p.dimensions()[3];
-  return ForwardWithUpdate(p, q, w, k, bias, [&]<int L>(int64_t i, const float* y, int64_t n) {
+ffi::Error GruUpdateFwdImpl(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k, F32Buffer bias,
+                            F32Buffer z, F32Buffer h, F32Result h_new, F32Result t_out,
+                            bool concat) {
+  const int64_t N = a.dimensions()[3];
+  auto update = [&]<int L>(int64_t i, const float* y, int64_t n) {
     using V = Vec<L>;
     const int64_t at = i * N + n;
     auto t = Tanh(V::Load(y + n)), zz = V::Load(z.typed_data() + at);
     auto hh = V::Load(h.typed_data() + at);
     V::Store(t_out->typed_data() + at, t);
     V::Store(h_new->typed_data() + at, hh + zz * (t - hh));
-  });
+  };
+  return ForwardWithUpdate(a, b, w, k, bias, concat, update);
 }
 
 // dy = dh' z (1 - t^2), dz = dh' (t - h), dh = dh' (1 - z).
-ffi::Error GruUpdateBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, F32Buffer z,
-                            F32Buffer h, F32Buffer t_in, F32Buffer dh_new, F32Result dp,
-                            F32Result dq, F32Result dw, F32Result dk, F32Result dbias,
-                            F32Result dz, F32Result dh) {
-  const int64_t N = p.dimensions()[3];
+ffi::Error GruUpdateBwdImpl(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k, F32Buffer z,
+                            F32Buffer h, F32Buffer t_in, F32Buffer dh_new, F32Result da,
+                            F32Result db, F32Result dw, F32Result dk, F32Result dbias,
+                            F32Result dz, F32Result dh, bool concat) {
+  const int64_t N = a.dimensions()[3];
   auto grad = [&]<int L>(int64_t i, float* dy, int64_t n) {
     using V = Vec<L>;
     const int64_t at = i * N + n;
@@ -435,23 +496,25 @@ ffi::Error GruUpdateBwdImpl(F32Buffer p, F32Buffer q, F32Buffer w, F32Buffer k, 
     V::Store(dz->typed_data() + at, g * (t - V::Load(h.typed_data() + at)));
     V::Store(dh->typed_data() + at, g * (1.f - zz));
   };
-  return BackwardWithUpdate(p, q, w, k, grad, dp, dq, dw, dk, dbias);
+  return BackwardWithUpdate(a, b, w, k, concat, grad, da, db, dw, dk, dbias);
 }
 
 }  // namespace
 
-// Every handler takes (p, q, w, k, then bias, dy or c).
+// Every handler takes (a, b, w, k, then bias, dy or c), and the pairing as attribute "concat".
 auto GateArgs() {
   return ffi::Ffi::Bind().Arg<F32Buffer>().Arg<F32Buffer>().Arg<F32Buffer>().Arg<F32Buffer>()
       .Arg<F32Buffer>();
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGateFwd, GateFwdImpl, GateArgs().Ret<F32Buffer>());
+#define CONCAT .Attr<bool>("concat")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGateFwd, GateFwdImpl, GateArgs().Ret<F32Buffer>() CONCAT);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGateBwd, GateBwdImpl,
-                              GateArgs()  // dp, dq, dw, dk, dbias
+                              GateArgs()  // da, db, dw, dk, dbias
                                   .Ret<F32Buffer>().Ret<F32Buffer>().Ret<F32Buffer>()
-                                  .Ret<F32Buffer>().Ret<F32Buffer>());
+                                  .Ret<F32Buffer>().Ret<F32Buffer>() CONCAT);
 
 // The updates' handlers: their state inputs follow bias (forward) or k (backward); the
 // backward's outputs are the gate convolution's five gradients, then the states'.
@@ -463,14 +526,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGateBwd, GateBwdImpl,
 #define F32_RETS_6 F32_RETS_3 F32_RETS_3
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetLstmFwd, LstmFwdImpl,  // c -> h', c', acts
-                              GateArgs() F32_ARGS_1 F32_RETS_3);
+                              GateArgs() F32_ARGS_1 F32_RETS_3 CONCAT);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetLstmBwd, LstmBwdImpl,  // c, c', acts, dh', dc'
-                              GateArgs() F32_ARGS_2 F32_ARGS_2 F32_RETS_6);
+                              GateArgs() F32_ARGS_2 F32_ARGS_2 F32_RETS_6 CONCAT);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGruGatesFwd, GruGatesFwdImpl,  // h -> s(z), s(r) h, s(r)
-                              GateArgs() F32_ARGS_1 F32_RETS_3);
+                              GateArgs() F32_ARGS_1 F32_RETS_3 CONCAT);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGruGatesBwd, GruGatesBwdImpl,  // h, s(z), s(r), ds(z), drh
-                              GateArgs() F32_ARGS_2 F32_ARGS_2 F32_RETS_6);
+                              GateArgs() F32_ARGS_2 F32_ARGS_2 F32_RETS_6 CONCAT);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGruUpdateFwd, GruUpdateFwdImpl,  // z, h -> h', tanh(y)
-                              GateArgs() F32_ARGS_2 F32_RETS_2);
+                              GateArgs() F32_ARGS_2 F32_RETS_2 CONCAT);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetGruUpdateBwd, GruUpdateBwdImpl,  // z, h, tanh(y), dh'
-                              GateArgs() F32_ARGS_2 F32_ARGS_1 F32_RETS_6 F32_RETS_1);
+                              GateArgs() F32_ARGS_2 F32_ARGS_1 F32_RETS_6 F32_RETS_1 CONCAT);

@@ -108,32 +108,39 @@ def _builds() -> bool:
   return True
 
 
-@jax.custom_vjp
-def gate(p: Array, q: Array, pointwise: Array, depthwise: Array, bias: Array) -> Array:
-  """G light-weight gate convolutions of the channel pairs ``(p_n, q_n)``.
+def _call(target: str, results: Any, pairing: str, *args: Array) -> Any:
+  _register()
+  return jax.ffi.ffi_call(target, results)(*args, concat=pairing == "concat")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def gate(pairing: str, a: Array, b: Array, pointwise: Array, depthwise: Array,
+         bias: Array) -> Array:
+  """G light-weight gate convolutions of the N channel pairs ``(p_n, q_n)`` of ``a, b``.
 
   Args:
-    p, q: ``[B, H, W, N]``, the pairs' first and second members.
+    pairing: which channels pair up (:func:`regnet_jax.cells._channel_pairs`):
+      ``'interleave'``, ``(a_n, b_n)``; ``'concat'``, channels ``(2n, 2n + 1)`` of
+      ``concat([a, b], -1)``. The kernel reads the pairs from ``a`` and ``b`` in place.
+    a, b: ``[B, H, W, N]``, the cell's two inputs.
     pointwise: ``[2, G*N]``, the grouped 1x1's weights (gate-major).
     depthwise: ``[3, 3, G*N]``.
     bias: ``[G*N]``.
   Returns:
     ``[B, H, W, G*N]``: gate g's channel n is ``bias + depthwise3x3(w0 * p_n + w1 * q_n)``.
   """
-  _register()
-  out = jax.ShapeDtypeStruct(p.shape[:-1] + bias.shape, jnp.float32)
-  return jax.ffi.ffi_call("RegnetGateFwd", out)(p, q, pointwise, depthwise, bias)
+  out = jax.ShapeDtypeStruct(a.shape[:-1] + bias.shape, jnp.float32)
+  return _call("RegnetGateFwd", out, pairing, a, b, pointwise, depthwise, bias)
 
 
-def _gate_fwd(p, q, pointwise, depthwise, bias):
-  return gate(p, q, pointwise, depthwise, bias), (p, q, pointwise, depthwise)
+def _gate_fwd(pairing, a, b, pointwise, depthwise, bias):
+  return gate(pairing, a, b, pointwise, depthwise, bias), (a, b, pointwise, depthwise)
 
 
-def _gate_bwd(residuals, dy):
-  _register()
-  shapes = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in residuals]
+def _gate_bwd(pairing, residuals, dy):
+  shapes = [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in residuals]
   bias = jax.ShapeDtypeStruct(dy.shape[-1:], jnp.float32)
-  return tuple(jax.ffi.ffi_call("RegnetGateBwd", (*shapes, bias))(*residuals, dy))
+  return tuple(_call("RegnetGateBwd", (*shapes, bias), pairing, *residuals, dy))
 
 
 gate.defvjp(_gate_fwd, _gate_bwd)
@@ -150,28 +157,26 @@ _UPDATES = {
 
 
 def _fused(name: str, doc: str) -> Callable[..., Any]:
-  """``f(p, q, pointwise, depthwise, bias, *states)``: the gates of :func:`gate` fed into a
-  cell's update inside the kernel, with a custom VJP; neither the gates nor their gradients
-  are materialised."""
+  """``f(pairing, a, b, pointwise, depthwise, bias, *states)``: the gates of :func:`gate` fed
+  into a cell's update inside the kernel, with a custom VJP; neither the gates nor their
+  gradients are materialised."""
   channels, returned, kept = _UPDATES[name]
 
-  def forward(p, q, pointwise, depthwise, bias, *states):
-    _register()
-    shapes = [jax.ShapeDtypeStruct((*p.shape[:-1], bias.shape[0] if c == "C" else p.shape[-1]),
+  def forward(pairing, a, b, pointwise, depthwise, bias, *states):
+    shapes = [jax.ShapeDtypeStruct((*a.shape[:-1], bias.shape[0] if c == "C" else a.shape[-1]),
                                    jnp.float32) for c in channels]
-    outs = jax.ffi.ffi_call(f"Regnet{name}Fwd", shapes)(p, q, pointwise, depthwise, bias, *states)
+    outs = _call(f"Regnet{name}Fwd", shapes, pairing, a, b, pointwise, depthwise, bias, *states)
     result = outs[0] if returned == 1 else tuple(outs[:returned])
-    return result, (p, q, pointwise, depthwise, *states, *(outs[i] for i in kept))
+    return result, (a, b, pointwise, depthwise, *states, *(outs[i] for i in kept))
 
-  def backward(residuals, cotangents):
-    _register()
-    inputs = residuals[:len(residuals) - len(kept)]  # p, q, pointwise, depthwise, states
-    shapes = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in inputs]
+  def backward(pairing, residuals, cotangents):
+    inputs = residuals[:len(residuals) - len(kept)]  # a, b, pointwise, depthwise, states
+    shapes = [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in inputs]
     shapes.insert(4, jax.ShapeDtypeStruct(residuals[3].shape[-1:], jnp.float32))  # bias
     cotangents = (cotangents,) if returned == 1 else cotangents
-    return tuple(jax.ffi.ffi_call(f"Regnet{name}Bwd", shapes)(*residuals, *cotangents))
+    return tuple(_call(f"Regnet{name}Bwd", shapes, pairing, *residuals, *cotangents))
 
-  fused = jax.custom_vjp(lambda *args: forward(*args)[0])
+  fused = jax.custom_vjp(lambda *args: forward(*args)[0], nondiff_argnums=(0,))
   fused.defvjp(forward, backward)
   fused.__doc__ = doc
   return fused

@@ -34,6 +34,8 @@ def test_value_parsing():
   assert throughput.parse_value("1") == 1
   assert throughput.parse_value("0.5") == 0.5
   assert throughput.parse_value("conv") == "conv"
+  assert throughput.parse_variants(["scan_unroll=1", "cell_impl=kernel,pairing=interleave"]) == [
+      {}, {"scan_unroll": 1}, {"cell_impl": "kernel", "pairing": "interleave"}]
 
 
 def test_cell_benchmark_rows():

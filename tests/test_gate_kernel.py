@@ -1,5 +1,6 @@
 """The compiled gate kernel (cell_impl='kernel') against the elementwise XLA form."""
 
+import functools
 import os
 
 import jax
@@ -9,11 +10,13 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec
 
 from regnet_jax import gate_kernel, models
-from regnet_jax.cells import GateConv
+from regnet_jax.cells import GateConv, _channel_pairs
 
 
-def _reference(p, q, pointwise, depthwise, bias):
-  """The same gates written with plain jnp ops and autodiff (no custom VJP)."""
+def _reference(pairing, a, b, pointwise, depthwise, bias):
+  """The same gates written with plain jnp ops and autodiff (no custom VJP), with the
+  channel pairs taken by the cells' own ``_channel_pairs``."""
+  p, q = _channel_pairs(a, b, pairing)
   n = p.shape[-1]
   mix = jnp.concatenate([p] * (bias.shape[0] // n), -1) * pointwise[0] + jnp.concatenate(
       [q] * (bias.shape[0] // n), -1) * pointwise[1]
@@ -23,33 +26,35 @@ def _reference(p, q, pointwise, depthwise, bias):
                     for i in range(3) for j in range(3))
 
 
-def _args(shape, gates, seed=0):
+def _args(pairing, shape, gates, seed=0):
   keys = jax.random.split(jax.random.PRNGKey(seed), 6)
   c = gates * shape[-1]
-  return (jax.random.normal(keys[0], shape), jax.random.normal(keys[1], shape),
+  return (pairing, jax.random.normal(keys[0], shape), jax.random.normal(keys[1], shape),
           jax.random.normal(keys[2], (2, c)), jax.random.normal(keys[3], (3, 3, c)),
           jax.random.normal(keys[4], (c,))), jax.random.normal(keys[5], (*shape[:-1], c))
 
 
 # Odd sizes, 1-pixel images (every tap hits the padding), one image and more images than
-# threads, 1 to 4 gates (RNN, GRU z|r, ..., LSTM), a width that is not a multiple of 8.
-@pytest.mark.parametrize("shape,gates", [
-    ((2, 5, 7, 3), 2), ((1, 1, 1, 4), 4), ((3, 1, 6, 5), 1), ((5, 4, 2, 8), 3),
-    ((1, 9, 9, 16), 4)])
-def test_forward_and_gradients_equal_reference(shape, gates):
-  args, cotangent = _args(shape, gates)
+# threads, 1 to 4 gates (RNN, GRU z|r, ..., LSTM), a width that is not a multiple of 8; both
+# pairings, 'concat' also with an odd N (a pair made of a's last and b's first channel).
+@pytest.mark.parametrize("pairing,shape,gates", [
+    ("concat", (2, 5, 7, 3), 2), ("interleave", (1, 1, 1, 4), 4), ("concat", (3, 1, 6, 5), 1),
+    ("interleave", (5, 4, 2, 8), 3), ("concat", (1, 9, 9, 16), 4)])
+def test_forward_and_gradients_equal_reference(pairing, shape, gates):
+  args, cotangent = _args(pairing, shape, gates)
   np.testing.assert_allclose(gate_kernel.gate(*args), _reference(*args), rtol=1e-5, atol=1e-5)
   loss = lambda f: lambda *a: jnp.vdot(f(*a), cotangent)
-  got = jax.grad(loss(gate_kernel.gate), range(5))(*args)
-  want = jax.grad(loss(_reference), range(5))(*args)
+  got = jax.grad(loss(gate_kernel.gate), range(1, 6))(*args)
+  want = jax.grad(loss(_reference), range(1, 6))(*args)
   for g, w in zip(got, want, strict=True):
     assert g.shape == w.shape
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
-def _lstm_reference(p, q, pointwise, depthwise, bias, c):
+def _lstm_reference(*args):
   """The ConvLSTM update (cells.ConvCell) on the reference gates."""
-  i, f, o, g = jnp.split(_reference(p, q, pointwise, depthwise, bias), 4, axis=-1)
+  *gate_args, c = args
+  i, f, o, g = jnp.split(_reference(*gate_args), 4, axis=-1)
   c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
   return jax.nn.sigmoid(o) * jnp.tanh(c_new), c_new
 
@@ -73,13 +78,14 @@ FUSED = {"lstm": (4, _lstm_reference, 1, 2), "gru_gates": (2, _gru_gates_referen
 
 
 @pytest.mark.parametrize("name", FUSED)
-@pytest.mark.parametrize("shape", [(2, 5, 7, 3), (1, 1, 1, 4), (5, 2, 3, 9)])
-def test_fused_cell_updates_and_gradients_equal_reference(name, shape):
+@pytest.mark.parametrize("pairing,shape", [
+    ("concat", (2, 5, 7, 3)), ("concat", (1, 1, 1, 4)), ("interleave", (5, 2, 3, 9))])
+def test_fused_cell_updates_and_gradients_equal_reference(name, pairing, shape):
   """Each update fused into the kernel, forward and every gradient (inputs, parameters,
   states) against autodiff of the plain-jnp gates and update."""
   gates, reference, states, outputs = FUSED[name]
   fused = getattr(gate_kernel, name)
-  args, _ = _args(shape, gates)
+  args, _ = _args(pairing, shape, gates)
   keys = jax.random.split(jax.random.PRNGKey(7), states + outputs)
   args = (*args, *(jax.random.normal(k, shape) for k in keys[:states]))
   cotangents = [jax.random.normal(k, shape) for k in keys[states:]]
@@ -88,8 +94,8 @@ def test_fused_cell_updates_and_gradients_equal_reference(name, shape):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   loss = lambda f: lambda *a: sum(
       jnp.vdot(y, c) for y, c in zip(listed(f)(*a), cotangents, strict=True))
-  got = jax.grad(loss(fused), range(len(args)))(*args)
-  want = jax.grad(loss(reference), range(len(args)))(*args)
+  got = jax.grad(loss(fused), range(1, len(args)))(*args)
+  want = jax.grad(loss(reference), range(1, len(args)))(*args)
   for g, w in zip(got, want, strict=True):
     assert g.shape == w.shape
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
@@ -107,19 +113,21 @@ def test_gate_conv_without_bias_equals_elementwise():
 def test_sharded_over_devices_equals_one_call():
   """Inside ``shard_map`` (the train step's data parallelism) each device runs the kernel on
   its share of the batch; together they equal one call on the whole batch."""
-  args, _ = _args((8, 4, 4, 4), 2)
+  (_, *args), _ = _args("concat", (8, 4, 4, 4), 2)
+  gate = functools.partial(gate_kernel.gate, "concat")
   mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
   batch, rep = PartitionSpec("data"), PartitionSpec()
-  sharded = jax.jit(jax.shard_map(gate_kernel.gate, mesh=mesh,
-                                  in_specs=(batch, batch, rep, rep, rep), out_specs=batch))
-  np.testing.assert_allclose(sharded(*args), gate_kernel.gate(*args), rtol=1e-6, atol=1e-6)
+  sharded = jax.jit(jax.shard_map(gate, mesh=mesh, in_specs=(batch, batch, rep, rep, rep),
+                                  out_specs=batch))
+  np.testing.assert_allclose(sharded(*args), gate(*args), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["regnet20_gru", "regnet20_lstm"])
-def test_model_gradients_equal_elementwise(name):
+@pytest.mark.parametrize("name,pairing", [("regnet20_gru", "concat"),
+                                          ("regnet20_lstm", "interleave")])
+def test_model_gradients_equal_elementwise(name, pairing):
   """A whole RegNet's loss and parameter gradients: 'kernel' equals 'elementwise'."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
-  make = lambda impl: models.create_model(name, 10, depth=8, cell_impl=impl)
+  make = lambda impl: models.create_model(name, 10, depth=8, cell_impl=impl, pairing=pairing)
   variables = make("elementwise").init(jax.random.PRNGKey(1), x, train=False)
 
   def grads(impl):
