@@ -384,12 +384,16 @@ ffi::Error BackwardWithUpdate(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k
   return GateBackward(s, a, b, w, k, image_dy, da, db, dw, dk, dbias);
 }
 
+// The updates' forwards write the activations their backward reads only when given room for
+// them (JAX passes an empty buffer when nothing will be differentiated: eval).
+
 // ConvLSTM, G = 4, z = (i, f, o, g): c' = s(i) tanh(g) + s(f) c, h' = s(o) tanh(c'); keeps the
 // activations act = (s(i), s(f), s(o), tanh(g)) [B, H, W, 4N] for the backward.
 ffi::Error LstmFwdImpl(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k, F32Buffer bias,
                        F32Buffer c, F32Result h_new, F32Result c_new, F32Result acts,
                        bool concat) {
   const int64_t N = a.dimensions()[3];
+  const bool keep = acts->element_count() > 0;
   auto update = [&]<int L>(int64_t i, const float* z, int64_t n) {
     using V = Vec<L>;
     auto si = Sigmoid(V::Load(z + n)), sf = Sigmoid(V::Load(z + N + n));
@@ -397,6 +401,7 @@ ffi::Error LstmFwdImpl(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k, F32Bu
     auto cn = sf * V::Load(c.typed_data() + i * N + n) + si * tg;
     V::Store(c_new->typed_data() + i * N + n, cn);
     V::Store(h_new->typed_data() + i * N + n, so * Tanh(cn));
+    if (!keep) return;
     float* act = acts->typed_data() + i * 4 * N;
     V::Store(act + n, si);
     V::Store(act + N + n, sf);
@@ -436,13 +441,14 @@ ffi::Error GruGatesFwdImpl(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k, F
                            F32Buffer h, F32Result z_out, F32Result rh, F32Result r_out,
                            bool concat) {
   const int64_t N = a.dimensions()[3];
+  const bool keep = r_out->element_count() > 0;
   auto update = [&]<int L>(int64_t i, const float* z, int64_t n) {
     using V = Vec<L>;
     const int64_t at = i * N + n;
     auto sr = Sigmoid(V::Load(z + N + n));
     V::Store(z_out->typed_data() + at, Sigmoid(V::Load(z + n)));
-    V::Store(r_out->typed_data() + at, sr);
     V::Store(rh->typed_data() + at, sr * V::Load(h.typed_data() + at));
+    if (keep) V::Store(r_out->typed_data() + at, sr);
   };
   return ForwardWithUpdate(a, b, w, k, bias, concat, update);
 }
@@ -470,13 +476,14 @@ ffi::Error GruUpdateFwdImpl(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k, 
                             F32Buffer z, F32Buffer h, F32Result h_new, F32Result t_out,
                             bool concat) {
   const int64_t N = a.dimensions()[3];
+  const bool keep = t_out->element_count() > 0;
   auto update = [&]<int L>(int64_t i, const float* y, int64_t n) {
     using V = Vec<L>;
     const int64_t at = i * N + n;
     auto t = Tanh(V::Load(y + n)), zz = V::Load(z.typed_data() + at);
     auto hh = V::Load(h.typed_data() + at);
-    V::Store(t_out->typed_data() + at, t);
     V::Store(h_new->typed_data() + at, hh + zz * (t - hh));
+    if (keep) V::Store(t_out->typed_data() + at, t);
   };
   return ForwardWithUpdate(a, b, w, k, bias, concat, update);
 }

@@ -148,7 +148,8 @@ gate.defvjp(_gate_fwd, _gate_bwd)
 
 # The cells' updates fused after the gate convolution (``Regnet<Name>Fwd`` / ``Bwd`` in
 # gate_kernel.cc): the channels of the forward's outputs ("N" per state, "C" for all G*N
-# gates), how many of them the function returns, and which of them the backward reads.
+# gates), how many of them the function returns (the others are only for the backward, and
+# left empty when nothing is differentiated), and which of them the backward reads.
 _UPDATES = {
     "Lstm": (("N", "N", "C"), 2, (1, 2)),  # -> h', c'; keeps c' and the activations
     "GruGates": (("N", "N", "N"), 2, (0, 2)),  # -> s(z), s(r) h; keeps s(z), s(r)
@@ -162,11 +163,15 @@ def _fused(name: str, doc: str) -> Callable[..., Any]:
   gradients are materialised."""
   channels, returned, kept = _UPDATES[name]
 
-  def forward(pairing, a, b, pointwise, depthwise, bias, *states):
-    shapes = [jax.ShapeDtypeStruct((*a.shape[:-1], bias.shape[0] if c == "C" else a.shape[-1]),
-                                   jnp.float32) for c in channels]
+  def run(for_backward, pairing, a, b, pointwise, depthwise, bias, *states):
+    shapes = [jax.ShapeDtypeStruct(
+        (*a.shape[:-1], bias.shape[0] if c == "C" else a.shape[-1])
+        if for_backward or i < returned else (0,), jnp.float32) for i, c in enumerate(channels)]
     outs = _call(f"Regnet{name}Fwd", shapes, pairing, a, b, pointwise, depthwise, bias, *states)
-    result = outs[0] if returned == 1 else tuple(outs[:returned])
+    return (outs[0] if returned == 1 else tuple(outs[:returned])), outs
+
+  def forward(pairing, a, b, pointwise, depthwise, bias, *states):
+    result, outs = run(True, pairing, a, b, pointwise, depthwise, bias, *states)
     return result, (a, b, pointwise, depthwise, *states, *(outs[i] for i in kept))
 
   def backward(pairing, residuals, cotangents):
@@ -176,7 +181,7 @@ def _fused(name: str, doc: str) -> Callable[..., Any]:
     cotangents = (cotangents,) if returned == 1 else cotangents
     return tuple(_call(f"Regnet{name}Bwd", shapes, pairing, *residuals, *cotangents))
 
-  fused = jax.custom_vjp(lambda *args: forward(*args)[0], nondiff_argnums=(0,))
+  fused = jax.custom_vjp(lambda *args: run(False, *args)[0], nondiff_argnums=(0,))
   fused.defvjp(forward, backward)
   fused.__doc__ = doc
   return fused
