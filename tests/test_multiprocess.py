@@ -22,7 +22,8 @@ from tests.conftest import REPO
 from tests.test_train import scalars, tiny_config
 
 STEPS = 4
-# One block per stage (depth 8) keeps the three compilations short.
+# A ResNet (the regulated models' data parallelism is tested in one process, test_train.py)
+# with one block per stage (depth 8) keeps the five compilations short.
 OVERRIDES = dict(num_train_steps=STEPS, eval_every_steps=STEPS, checkpoint_every_steps=2,
                  learning_rate=1e-6)
 
@@ -40,6 +41,7 @@ train.train_and_evaluate(config(sys.argv[3], num_train_steps=int(sys.argv[5])), 
 
 def config(data_dir, **overrides):
   c = tiny_config(data_dir, **{**OVERRIDES, **overrides})
+  c.model = "resnet20"
   c.model_args.depth = 8
   return c
 
