@@ -243,7 +243,7 @@ def test_regnet50_imagenet_config_on_real_photos(tfds_dir, tmp_path):
   cmd = [sys.executable, "main.py", "--config=configs/imagenet_regnet50.py",
          f"--workdir={workdir}", "--config.dataset=imagenette", f"--config.data_dir={tfds_dir}",
          "--config.batch_size=8", "--config.num_train_steps=2", "--config.log_every_steps=1",
-         "--config.shuffle_buffer=40", "--config.model_args.scan_unroll=1"]
+         "--config.shuffle_buffer=40"]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   tags = scalars(str(workdir))
