@@ -109,8 +109,10 @@ def _builds() -> bool:
 
 
 def _call(target: str, results: Any, pairing: str, *args: Array) -> Any:
+  """Calls a kernel; under ``jax.vmap`` (e.g. stacked per-block cells' init) once per element."""
   _register()
-  return jax.ffi.ffi_call(target, results)(*args, concat=pairing == "concat")
+  return jax.ffi.ffi_call(target, results, vmap_method="sequential")(
+      *args, concat=pairing == "concat")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

@@ -131,9 +131,10 @@ class _Network(nn.Module):
     cell_sharing: ``'stage'`` (one cell per stage, an RNN; default) or ``'block'``.
     cell_bias: a bias on every gate (Eq. 1's b_h).
     pairing: channel pairing of the light-weight grouped 1x1, ``'concat'`` or ``'interleave'``.
-    cell_impl: ``'elementwise'`` (fast on CPU), ``'conv'`` (grouped ``lax.conv``),
-      ``'kernel'`` (compiled C++, CPU and float32 only; faster still: docs/performance.md) or
-      ``'auto'`` (``'kernel'`` where it runs and compiles, else ``'elementwise'``).
+    cell_impl: ``'auto'`` (default: ``'kernel'`` where it runs and compiles, else
+      ``'elementwise'``), ``'elementwise'`` (XLA; fast on CPU), ``'conv'`` (grouped
+      ``lax.conv``) or ``'kernel'`` (compiled C++, CPU and float32 only; fastest there:
+      docs/performance.md); the same results up to float rounding.
     carry_normed_h: carry ReLU(BN(h)) to the next step (True) or the raw cell output.
     se_ratio: squeeze-and-excitation reduction ratio, None for no SE.
     se_bias: biases in the SE fully connected layers.
@@ -156,7 +157,7 @@ class _Network(nn.Module):
   cell_sharing: str = "stage"
   cell_bias: bool = True
   pairing: str = "concat"
-  cell_impl: str = "elementwise"
+  cell_impl: str = "auto"
   carry_normed_h: bool = True
   se_ratio: int | None = None
   se_bias: bool = False

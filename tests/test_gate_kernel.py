@@ -122,6 +122,21 @@ def test_sharded_over_devices_equals_one_call():
   np.testing.assert_allclose(sharded(*args), gate(*args), rtol=1e-6, atol=1e-6)
 
 
+def test_vmapped_equals_one_call_per_element():
+  """``jax.vmap`` over stacked parameters and inputs (a per-block cell's init does this), with
+  its gradient."""
+  stacked = [_args("concat", (2, 3, 4, 4), 2, seed=s)[0][1:] for s in range(3)]
+  batched = [jnp.stack(xs) for xs in zip(*stacked, strict=True)]
+  gate = functools.partial(gate_kernel.gate, "concat")
+  loss = lambda *a: jnp.sum(jnp.sin(gate(*a)))
+  np.testing.assert_allclose(jax.vmap(gate)(*batched), jnp.stack([gate(*a) for a in stacked]),
+                             rtol=1e-6, atol=1e-6)
+  got = jax.vmap(jax.grad(loss, range(5)))(*batched)
+  for i, g in enumerate(got):
+    np.testing.assert_allclose(g, jnp.stack([jax.grad(loss, range(5))(*a)[i] for a in stacked]),
+                               rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("name,pairing", [("regnet20_gru", "concat"),
                                           ("regnet20_lstm", "interleave")])
 def test_model_gradients_equal_elementwise(name, pairing):
