@@ -7,7 +7,9 @@ gate; Table I's other row). All gates that read the same input share one module 
 stacked parameters: ``GateConv(features=N, gates=G)`` maps two N-channel inputs to a tuple of
 G gates, each N channels (its parameters are gate-major: channels ``[g*N:(g+1)*N]`` belong to
 gate g). The default ``impl='elementwise'`` computes each light-weight gate on its own (1.13x
-faster RegNet-20 train steps on XLA:CPU than one G*N-channel computation: docs/performance.md).
+faster RegNet-20 train steps on XLA:CPU than one G*N-channel computation:
+docs/performance.md); the models default to ``impl='auto'``, the C++ kernel of
+:mod:`regnet_jax.gate_kernel` where it runs.
 
 Cells are plain linen modules over explicit inputs; the stage in ``models.py`` decides whether
 one cell's parameters are shared across the blocks of a stage (an RNN, the default) or each

@@ -1,4 +1,5 @@
-"""``cell_impl='kernel'``: the light-weight gate convolution as one compiled CPU kernel.
+"""``cell_impl='kernel'`` (and ``'auto'``, the default, on CPU): the light-weight gate
+convolution as one compiled CPU kernel.
 
 The cells' light-weight gates (:class:`regnet_jax.cells.GateConv`) are memory-bound chains of
 small operations, and XLA:CPU materialises many intermediates of their forward and backward
