@@ -9,7 +9,7 @@ its whole gradient in another, called through JAX's FFI; for the ConvLSTM and Co
 that the gates never leave the kernel. It is compiled on
 first use with the system's C++ compiler (``$CXX``, else ``c++``) against the FFI headers
 shipped with jaxlib, and cached under ``$REGNET_KERNEL_CACHE`` (default
-``~/.cache/regnet_jax``) per source, compiler, jaxlib and CPU. CPU backend and float32 only;
+``~/.cache/regnet_jax``) per source, compiler, FFI headers and CPU. CPU backend and float32 only;
 results equal ``cell_impl='elementwise'`` up to float rounding (``tests/test_gate_kernel.py``).
 """
 
@@ -45,6 +45,16 @@ def _cpu_id() -> str:
   return "".join(line for line in lines if line.startswith(("model name", "flags")))[:4096]
 
 
+def _cache_key(compiler: str) -> str:
+  """What the compiled library depends on: the source, the compiler and its flags, the FFI
+  headers it was built against (their contents: a jaxlib upgrade in place keeps their path),
+  and the CPU."""
+  headers = sorted(Path(jax.ffi.include_dir(), "xla", "ffi", "api").glob("*.h"))
+  return hashlib.sha256(b"\0".join([
+      _SOURCE.read_bytes(), compiler.encode(), " ".join(_FLAGS).encode(),
+      *(h.read_bytes() for h in headers), _cpu_id().encode()])).hexdigest()[:16]
+
+
 @functools.cache
 def _library() -> ctypes.CDLL:
   compiler = os.environ.get("CXX", "c++")
@@ -53,9 +63,7 @@ def _library() -> ctypes.CDLL:
         f"cell_impl='kernel' compiles {_SOURCE.name} with a C++20 compiler, and {compiler!r} was "
         "not found: install one (e.g. `apt install g++`) or set $CXX, or use "
         "cell_impl='elementwise' (same results, pure XLA).")
-  key = hashlib.sha256(b"\0".join([
-      _SOURCE.read_bytes(), compiler.encode(), " ".join(_FLAGS).encode(),
-      jax.ffi.include_dir().encode(), _cpu_id().encode()])).hexdigest()[:16]
+  key = _cache_key(compiler)
   cache = Path(os.environ.get("REGNET_KERNEL_CACHE", Path.home() / ".cache" / "regnet_jax"))
   path = cache / f"gate_kernel-{key}.so"
   if not path.exists():

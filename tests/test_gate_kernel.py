@@ -2,6 +2,7 @@
 
 import functools
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -174,6 +175,25 @@ def test_missing_compiler_is_a_clear_error(monkeypatch, tmp_path):
   finally:
     gate_kernel._library.cache_clear()
   assert not os.listdir(tmp_path)
+
+
+def test_cache_key_follows_the_ffi_headers_contents(monkeypatch, tmp_path):
+  """A jaxlib upgraded in place keeps the headers' path; the cached library must not be reused
+  across it."""
+  api = tmp_path / "xla" / "ffi" / "api"
+  api.mkdir(parents=True)
+  real = pathlib.Path(jax.ffi.include_dir(), "xla", "ffi", "api")
+  for header in real.glob("*.h"):
+    (api / header.name).write_bytes(header.read_bytes())
+  monkeypatch.setattr(jax.ffi, "include_dir", lambda: str(tmp_path))
+  copied = gate_kernel._cache_key("c++")
+  monkeypatch.undo()
+  assert copied == gate_kernel._cache_key("c++")  # same contents, another path: same key
+  monkeypatch.setattr(jax.ffi, "include_dir", lambda: str(tmp_path))
+  with open(api / "ffi.h", "a") as f:
+    f.write("// a newer jaxlib\n")
+  assert gate_kernel._cache_key("c++") != copied
+  assert gate_kernel._cache_key("g++") != copied
 
 
 def _uses_kernel(impl, dtype=jnp.float32):
