@@ -67,17 +67,27 @@ def _library() -> ctypes.CDLL:
   cache = Path(os.environ.get("REGNET_KERNEL_CACHE", Path.home() / ".cache" / "regnet_jax"))
   path = cache / f"gate_kernel-{key}.so"
   if not path.exists():
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:  # atomic: parallel test workers
-      out = Path(tmp) / path.name
-      result = subprocess.run(
-          [compiler, *_FLAGS, "-I", jax.ffi.include_dir(), str(_SOURCE), "-o", str(out)],
-          capture_output=True, text=True)
-      if result.returncode != 0:
-        raise RuntimeError(f"compiling {_SOURCE} failed (use cell_impl='elementwise' meanwhile):\n"
-                           + result.stderr[-3000:])
-      os.replace(out, path)
+    try:
+      cache.mkdir(parents=True, exist_ok=True)
+      _compile(compiler, cache, path)
+    except OSError as e:
+      raise RuntimeError(f"cannot write the compiled cell kernel to {cache} ({e}): set "
+                         "$REGNET_KERNEL_CACHE to a writable folder, or use "
+                         "cell_impl='elementwise'") from e
   return ctypes.cdll.LoadLibrary(str(path))
+
+
+def _compile(compiler: str, cache: Path, path: Path) -> None:
+  """Compiles the kernel to ``path``, atomically (parallel test workers share the cache)."""
+  with tempfile.TemporaryDirectory(dir=cache) as tmp:
+    out = Path(tmp) / path.name
+    result = subprocess.run(
+        [compiler, *_FLAGS, "-I", jax.ffi.include_dir(), str(_SOURCE), "-o", str(out)],
+        capture_output=True, text=True)
+    if result.returncode != 0:
+      raise RuntimeError(f"compiling {_SOURCE} failed (use cell_impl='elementwise' meanwhile):\n"
+                         + result.stderr[-3000:])
+    os.replace(out, path)
 
 
 @functools.cache

@@ -177,6 +177,19 @@ def test_missing_compiler_is_a_clear_error(monkeypatch, tmp_path):
   assert not os.listdir(tmp_path)
 
 
+def test_unwritable_cache_is_a_clear_error(monkeypatch, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  monkeypatch.setenv("REGNET_KERNEL_CACHE", str(blocker / "cache"))
+  gate_kernel._library.cache_clear()
+  try:
+    with pytest.raises(RuntimeError, match=r"cannot write the compiled cell kernel to .*a_file/"
+                       r"cache .*REGNET_KERNEL_CACHE.*cell_impl='elementwise'"):
+      gate_kernel._library()
+  finally:
+    gate_kernel._library.cache_clear()
+
+
 def test_cache_key_follows_the_ffi_headers_contents(monkeypatch, tmp_path):
   """A jaxlib upgraded in place keeps the headers' path; the cached library must not be reused
   across it."""
