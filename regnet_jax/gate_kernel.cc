@@ -8,10 +8,11 @@
 // Backward: dm = the same taps over dy with the kernel flipped; dk, dbias, dw reduced over the
 //           batch (one accumulator per thread); dp[.., n] = sum_g w[0, g*N+n] dm[.., g*N+n], and
 //           dq likewise, put back into da, db by the pairing.
-// LSTM:     the four gates z = (i, f, o, g) of a ConvLSTM step (G = 4) go straight into the
-//           cell's update, c' = s(f) c + s(i) tanh(g), h' = s(o) tanh(c'), so that neither the
-//           gates nor their gradients leave the kernel; the forward keeps the activations
-//           (s(i), s(f), s(o), tanh(g)) [B, H, W, C] for the backward.
+// Updates:  a cell's gates go straight into its update (the ConvLSTM's four, z = (i, f, o, g):
+//           c' = s(f) c + s(i) tanh(g), h' = s(o) tanh(c'); the ConvGRU's two convolutions), so
+//           that neither the gates nor their gradients leave the kernel; the forward keeps the
+//           activations the backward reads (e.g. the LSTM's s(i), s(f), s(o), tanh(g)), unless
+//           given empty buffers for them (nothing will be differentiated).
 // Shapes (NHWC, float32, C-contiguous): a, b [B, H, W, N]; w [2, C]; k [3, 3, C]; bias [C];
 // y, dy [B, H, W, C] with C = G*N. The mix is recomputed row by row into a three-row ring
 // buffer, so each pass reads a, b (and dy) once and writes y (or da, db) once (measured against
