@@ -313,7 +313,7 @@ ffi::Error GateBackward(const Shape& s, F32Buffer a, F32Buffer b, F32Buffer w, F
         });
       }
       // Through the pair mix, then back from the pairs to a, b. (Row h was taken apart once
-      // already, for its mix; keeping that copy in a second buffer instead measured 8% slower.)
+      // already, for its mix; keeping that copy in a second buffer instead measured slower.)
       auto [p, q] = PairRow(s, a.typed_data() + row, b.typed_data() + row, pairs.data());
       for (int64_t x = 0; x < W; ++x) {
         const float* __restrict pr = p + x * N;
