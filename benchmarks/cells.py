@@ -12,7 +12,8 @@ step to a ResNet block's two convolutions, so a ratio of 0.5 would add 25% per b
 Median of timed calls after warm-up, each waited on with ``block_until_ready``.
 
 ``mb_accessed`` is XLA's cost analysis of the compiled function (bytes read and written by all
-its kernels) and ``gb_s`` that traffic over the measured time. Where ``gb_s`` stays the same
+its kernels; None for ``impl='kernel'``, whose C++ kernel XLA cannot see into) and ``gb_s``
+that traffic over the measured time. Where ``gb_s`` stays the same
 across shapes and variants, time follows bytes: the step is bound by memory bandwidth and gets
 faster only by moving fewer bytes.
 """
@@ -40,7 +41,8 @@ def stage_shape(stage: int, batch_size: int) -> tuple[int, int, int, int]:
 
 def _grad_fn(module: nn.Module, inputs: tuple, seed: int = 0):
   """A function of no arguments computing every gradient of ``<module(*inputs), cotangent>``,
-  and the bytes its compiled executable accesses (XLA's cost analysis)."""
+  and the bytes its compiled executable accesses (XLA's cost analysis; None where it calls a
+  custom kernel, e.g. ``impl='kernel'``, whose traffic XLA cannot see)."""
   variables = module.init(jax.random.PRNGKey(seed), *inputs)
   out = jax.eval_shape(module.apply, variables, *inputs)
   leaves = jax.tree.leaves(out)
@@ -55,7 +57,8 @@ def _grad_fn(module: nn.Module, inputs: tuple, seed: int = 0):
   grad = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(variables, inputs, cotangents).compile()
   cost = grad.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  return lambda: grad(variables, inputs, cotangents), cost["bytes accessed"]
+  nbytes = None if "custom_call" in grad.as_text() else cost["bytes accessed"]
+  return lambda: grad(variables, inputs, cotangents), nbytes
 
 
 class DenseConv(nn.Module):
@@ -108,8 +111,8 @@ def benchmark_cells(cell_types: list[str], stages: list[int], variants: list[dic
   reference = {}
   for row, t, nbytes in zip(rows, times, traffic, strict=True):
     row["fwd_bwd_ms"] = 1e3 * statistics.median(t)
-    row["mb_accessed"] = nbytes / 1e6
-    row["gb_s"] = nbytes / 1e9 / statistics.median(t)
+    row["mb_accessed"] = None if nbytes is None else nbytes / 1e6
+    row["gb_s"] = None if nbytes is None else nbytes / 1e9 / statistics.median(t)
     reference.setdefault(row["stage"], row["fwd_bwd_ms"])
     row["ratio"] = row["fwd_bwd_ms"] / reference[row["stage"]]
   return rows
