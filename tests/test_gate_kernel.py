@@ -11,7 +11,7 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec
 
 from regnet_jax import gate_kernel, models
-from regnet_jax.cells import GateConv, _channel_pairs
+from regnet_jax.cells import UPDATES, GateConv, _channel_pairs
 
 
 def _reference(pairing, a, b, pointwise, depthwise, bias):
@@ -52,30 +52,16 @@ def test_forward_and_gradients_equal_reference(pairing, shape, gates):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
-def _lstm_reference(*args):
-  """The ConvLSTM update (cells.ConvCell) on the reference gates."""
-  *gate_args, c = args
-  i, f, o, g = jnp.split(_reference(*gate_args), 4, axis=-1)
-  c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-  return jax.nn.sigmoid(o) * jnp.tanh(c_new), c_new
+# name: (gates, number of states, number of outputs)
+FUSED = {"lstm": (4, 1, 2), "gru_gates": (2, 1, 2), "gru_update": (1, 2, 1)}
 
 
-def _gru_gates_reference(*args):
-  """The ConvGRU's first convolution and its gating (cells.ConvCell)."""
-  *gate_args, h = args
-  z, r = jnp.split(_reference(*gate_args), 2, axis=-1)
-  return jax.nn.sigmoid(z), jax.nn.sigmoid(r) * h
-
-
-def _gru_update_reference(*args):
-  """The ConvGRU's second convolution and its update (cells.ConvCell)."""
-  *gate_args, z, h = args
-  return (1 - z) * h + z * jnp.tanh(_reference(*gate_args))
-
-
-# name: (gates, reference, number of states, number of outputs)
-FUSED = {"lstm": (4, _lstm_reference, 1, 2), "gru_gates": (2, _gru_gates_reference, 1, 2),
-         "gru_update": (1, _gru_update_reference, 2, 1)}
+def _fused_reference(name):
+  """The cells' own update (``cells.UPDATES``, what ``impl='elementwise'`` runs) on the
+  reference gates."""
+  gates = FUSED[name][0]
+  return lambda *args: UPDATES[name](*jnp.split(_reference(*args[:6]), gates, axis=-1),
+                                     *args[6:])
 
 
 @pytest.mark.parametrize("name", FUSED)
@@ -84,8 +70,8 @@ FUSED = {"lstm": (4, _lstm_reference, 1, 2), "gru_gates": (2, _gru_gates_referen
 def test_fused_cell_updates_and_gradients_equal_reference(name, pairing, shape):
   """Each update fused into the kernel, forward and every gradient (inputs, parameters,
   states) against autodiff of the plain-jnp gates and update."""
-  gates, reference, states, outputs = FUSED[name]
-  fused = getattr(gate_kernel, name)
+  gates, states, outputs = FUSED[name]
+  fused, reference = getattr(gate_kernel, name), _fused_reference(name)
   args, _ = _args(pairing, shape, gates)
   keys = jax.random.split(jax.random.PRNGKey(7), states + outputs)
   args = (*args, *(jax.random.normal(k, shape) for k in keys[:states]))
