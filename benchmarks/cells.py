@@ -2,12 +2,14 @@
 
     python -m benchmarks.cells --cells gru lstm --stages 1 2 3 --batch_size 128
     python -m benchmarks.cells --cells gru --variants pairing=interleave impl=conv
+    python -m benchmarks.cells --cells --conv_grads lax swapped kernel  # the convolution alone
 
 Each row times ``jax.grad`` of one :class:`regnet_jax.cells.ConvCell` step (gradients with
 respect to the input, the state and every parameter) at the shape of a CIFAR RegNet-20 stage
 (stage s: ``[B, 32/2^(s-1), 32/2^(s-1), 16*2^(s-1)]``), and the same for one dense N -> N 3x3
-convolution (what a ResNet basic block runs twice per block). The ``ratio`` column is the cell's
-time over the convolution's, measured alternately in one run: a RegNet-20 block adds one cell
+convolution (what a ResNet basic block runs twice per block), once per kernel gradient in
+``--conv_grads`` (default: the models' ``auto``). The ``ratio`` column is each row's time over
+the stage's first convolution row, measured alternately in one run: a RegNet-20 block adds one cell
 step to a ResNet block's two convolutions, so a ratio of 0.5 would add 25% per block.
 Median of timed calls after warm-up, each waited on with ``block_until_ready``.
 
@@ -62,14 +64,16 @@ def _grad_fn(module: nn.Module, inputs: tuple, seed: int = 0):
 
 
 class DenseConv(nn.Module):
-  """The ResNet reference: one N -> N 3x3 convolution as the models build it (no bias, the
-  backend's default kernel gradient)."""
+  """The ResNet reference: one N -> N 3x3 convolution as the models build it (no bias), with
+  the kernel gradient ``grad`` (a model's ``conv_grad``)."""
 
   features: int
+  grad: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return models.conv(self.features, (3, 3), grad=models.default_conv_grad())(x)
+    grad = models.default_conv_grad() if self.grad == "auto" else self.grad
+    return models.conv(self.features, (3, 3), grad=grad)(x)
 
 
 def _inputs(cell: str, shape: tuple[int, ...]) -> tuple:
@@ -81,8 +85,10 @@ def _inputs(cell: str, shape: tuple[int, ...]) -> tuple:
 
 
 def benchmark_cells(cell_types: list[str], stages: list[int], variants: list[dict],
-                    batch_size: int, steps: int, warmup: int) -> list[dict]:
-  """Forward+backward milliseconds of each cell variant and of the stage's dense 3x3 conv.
+                    batch_size: int, steps: int, warmup: int,
+                    conv_grads: tuple[str, ...] = ("auto",)) -> list[dict]:
+  """Forward+backward milliseconds of each cell variant and of the stage's dense 3x3 conv
+  with each kernel gradient in ``conv_grads``.
 
   All functions are compiled first; then ``steps`` rounds each call every function once in
   turn (after ``warmup`` such rounds), so every row sees the same machine conditions.
@@ -91,9 +97,10 @@ def benchmark_cells(cell_types: list[str], stages: list[int], variants: list[dic
   for stage in stages:
     shape = stage_shape(stage, batch_size)
     x, _ = _inputs("rnn", shape)
-    jobs.append(_grad_fn(DenseConv(shape[-1]), (x,)))
-    rows.append({"stage": stage, "shape": "x".join(map(str, shape)), "op": "dense3x3 conv",
-                 "variant": "-"})
+    for grad in conv_grads:
+      jobs.append(_grad_fn(DenseConv(shape[-1], grad), (x,)))
+      rows.append({"stage": stage, "shape": "x".join(map(str, shape)), "op": "dense3x3 conv",
+                   "variant": f"conv_grad={grad}"})
     for cell in cell_types:
       for overrides in variants:
         x, state = _inputs(cell, shape)
@@ -125,6 +132,8 @@ def main() -> None:
   parser.add_argument("--stages", nargs="*", type=int, default=[1, 2, 3])
   parser.add_argument("--variants", nargs="*", default=[],
                       help="GateConv overrides to compare with the default, e.g. impl=conv")
+  parser.add_argument("--conv_grads", nargs="+", default=["auto"], choices=models.CONV_GRADS,
+                      help="kernel gradients of the reference convolution, each its own row")
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=2)
@@ -135,7 +144,7 @@ def main() -> None:
   host.reexec_with_cpu_settings(hugepages=not args.no_hugepages)
   variants = parse_variants(args.variants)
   rows = benchmark_cells(args.cells, args.stages, variants, args.batch_size, args.steps,
-                         args.warmup)
+                         args.warmup, tuple(args.conv_grads))
   report(rows, args.json, f"batch {args.batch_size}, float32")
 
 

@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model_args.regulated_stages = ()  # 1-based stages with a regulator; () = all (Table V).
   config.model_args.cell_impl = "auto"  # auto (C++ kernel on CPU), kernel, elementwise, conv.
   config.model_args.scan_unroll = -1  # Scan steps per loop iteration; -1: all (fast on CPU).
-  config.model_args.conv_grad = "auto"  # Conv kernel grad: 'auto' (CPU: 'swapped'), 'lax'.
+  config.model_args.conv_grad = "auto"  # Conv kernel grad: auto (CPU: kernel), swapped, lax.
 
   # Data.
   config.dataset = "cifar10"  # cifar10, cifar100, imagenet2012 or imagenette.

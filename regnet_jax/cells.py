@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from regnet_jax import gate_kernel
-from regnet_jax.conv import conv_general_dilated as swapped_conv
+from regnet_jax import conv as conv_lib
+from regnet_jax import cpu_kernels, gate_kernel
 
 Array = jax.Array
 Dtype = Any
@@ -125,8 +125,8 @@ class GateConv(nn.Module):
       (``'kernel'`` where it can run and compile, else ``'elementwise'``); all give the same
       result from the same parameters.
     use_bias: one bias per gate channel (on the depthwise step for ``'light'``).
-    grad: kernel gradient of the ``'dense3x3'`` convolution: ``'lax'`` (autodiff) or
-      ``'swapped'`` (:mod:`regnet_jax.conv`; faster on CPU).
+    grad: kernel gradient of the ``'dense3x3'`` convolution: ``'lax'`` (autodiff), or
+      ``'swapped'`` or ``'kernel'`` (:mod:`regnet_jax.conv`; faster on CPU).
     dtype: compute dtype; parameters are float32.
   """
 
@@ -136,7 +136,7 @@ class GateConv(nn.Module):
   pairing: Literal["concat", "interleave"] = "concat"
   impl: Literal["elementwise", "conv", "kernel", "auto"] = "elementwise"
   use_bias: bool = True
-  grad: Literal["lax", "swapped"] = "lax"
+  grad: Literal["lax", "swapped", "kernel"] = "lax"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -151,7 +151,7 @@ class GateConv(nn.Module):
     if self.kind == "dense3x3":
       y = nn.Conv(g * n, (3, 3), padding=((1, 1), (1, 1)), use_bias=self.use_bias,
                   dtype=self.dtype, name="conv",
-                  conv_general_dilated=swapped_conv if self.grad == "swapped" else None,
+                  conv_general_dilated=conv_lib.for_flax(self.grad),
                   )(jnp.concatenate([a, b], axis=-1))
       return self._finish(tuple(jnp.split(y, g, axis=-1)), update, states)
     # Step 1: grouped 1x1, groups=N: gate channel (g, k) = w0[g,k] * p_k + w1[g,k] * q_k.
@@ -162,7 +162,7 @@ class GateConv(nn.Module):
     pointwise, depthwise = pointwise.astype(self.dtype), depthwise.astype(self.dtype)
     impl = self.impl
     if impl == "auto":
-      impl = "kernel" if gate_kernel.usable(self.dtype) else "elementwise"
+      impl = "kernel" if cpu_kernels.usable(self.dtype) else "elementwise"
     if impl == "kernel":  # pairs the channels of a, b itself
       gate_kernel.check_supported(self.dtype)
       args = (self.pairing, a, b, pointwise, depthwise, bias)

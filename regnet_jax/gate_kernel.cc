@@ -17,17 +17,16 @@
 // y, dy [B, H, W, C] with C = G*N. The mix is recomputed row by row into a three-row ring
 // buffer, so each pass reads a, b (and dy) once and writes y (or da, db) once (measured against
 // XLA's fusions in docs/performance.md). Images are split over the machine's hardware threads.
-#include <sched.h>
-
-#include <algorithm>
 #include <cstring>
-#include <thread>
 #include <utility>
 #include <vector>
 
+#include "kernel_threads.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using regnet::NumThreads;
+using regnet::ParallelOverBatch;
 using F32Buffer = ffi::Buffer<ffi::F32>;
 using F32Result = ffi::ResultBuffer<ffi::F32>;
 
@@ -139,22 +138,6 @@ void ForChannelBlocks(int64_t C, F&& fn) {
   for (; c < C; ++c) fn.template operator()<1>(c);
 }
 
-template <typename F>
-void ParallelOverBatch(int64_t batch, int64_t threads, F fn) {
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(fn, t, threads);
-  fn(0, threads);
-  for (auto& th : pool) th.join();
-}
-
-// The CPUs this process may run on (taskset, cgroup cpusets), else the hardware's count.
-int64_t NumThreads(int64_t batch) {
-  cpu_set_t cpus;
-  const int64_t available = sched_getaffinity(0, sizeof(cpus), &cpus) == 0
-                                ? CPU_COUNT(&cpus) : std::thread::hardware_concurrency();
-  return std::max<int64_t>(1, std::min<int64_t>(batch, available));
-}
-
 // Calls fn(i, h, rows) for every row h of thread t's images i (i = t, t + threads, ...), where
 // rows[j] is the zero-padded pair mix of input row h + j - 1, (W + 2) * C floats (MixRow).
 template <typename F>
@@ -224,7 +207,7 @@ ffi::Error GateFwdImpl(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k, F32Bu
                        F32Result y, bool concat) {
   const Shape s = ShapeOf(a, bias.dimensions()[0], concat);
   const float* w0 = w.typed_data();
-  ParallelOverBatch(s.B, NumThreads(s.B), [&](int64_t t, int64_t threads) {
+  ParallelOverBatch(NumThreads(s.B), [&](int64_t t, int64_t threads) {
     ForEachMixedRow(s, a.typed_data(), b.typed_data(), w0, w0 + s.C, t, threads,
                     [&](int64_t i, int64_t h, const float* const* rows) {
       GateRow(s, rows, k.typed_data(), bias.typed_data(),
@@ -241,7 +224,7 @@ ffi::Error ForwardWithUpdate(F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k,
                              bool concat, Update update) {
   const Shape s = ShapeOf(a, bias.dimensions()[0], concat);
   const float* w0 = w.typed_data();
-  ParallelOverBatch(s.B, NumThreads(s.B), [&](int64_t t, int64_t threads) {
+  ParallelOverBatch(NumThreads(s.B), [&](int64_t t, int64_t threads) {
     std::vector<float> z(s.W * s.C);
     ForEachMixedRow(s, a.typed_data(), b.typed_data(), w0, w0 + s.C, t, threads,
                     [&](int64_t i, int64_t h, const float* const* rows) {
@@ -267,7 +250,7 @@ ffi::Error GateBackward(const Shape& s, F32Buffer a, F32Buffer b, F32Buffer w, F
   const float* kk = k.typed_data();
   const int64_t num_threads = NumThreads(s.B);
   std::vector<float> acc(num_threads * 12 * C, 0.f);  // per thread: dk (9C), dw0, dw1, dbias
-  ParallelOverBatch(s.B, num_threads, [&](int64_t t, int64_t threads) {
+  ParallelOverBatch(num_threads, [&](int64_t t, int64_t threads) {
     std::vector<float> dm(W * C), buf, pairs(2 * W * N), dpq(2 * W * N);
     const float* dyb = nullptr;
     float* mine = acc.data() + t * 12 * C;

@@ -6,132 +6,32 @@ small operations, and XLA:CPU materialises many intermediates of their forward a
 passes. ``gate_kernel.cc`` computes a gate's pair mix, depthwise 3x3 and bias in one pass, and
 its whole gradient in another, called through JAX's FFI; for the ConvLSTM and ConvGRU
 (:func:`lstm`, :func:`gru_gates`, :func:`gru_update`) it also applies the cell's update, so
-that the gates never leave the kernel. It is compiled on
-first use with the system's C++ compiler (``$CXX``, else ``c++``) against the FFI headers
-shipped with jaxlib, and cached under ``$REGNET_KERNEL_CACHE`` (default
-``~/.cache/regnet_jax``) per source, compiler, FFI headers and CPU. CPU backend and float32 only;
-results equal ``cell_impl='elementwise'`` up to float rounding (``tests/test_gate_kernel.py``).
+that the gates never leave the kernel. It is compiled on first use
+(:mod:`regnet_jax.cpu_kernels`). CPU backend and float32 only; results equal
+``cell_impl='elementwise'`` up to float rounding (``tests/test_gate_kernel.py``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from regnet_jax import cpu_kernels
+
 Array = jax.Array
-_SOURCE = Path(__file__).with_name("gate_kernel.cc")
-_FLAGS = ("-O3", "-march=native", "-std=c++20", "-shared", "-fPIC", "-pthread")
-
-
-def _cpu_id() -> str:
-  """The CPU's model and feature flags (``-march=native`` code is only valid on such a CPU)."""
-  try:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-  except OSError:
-    return platform.processor()
-  return "".join(line for line in lines if line.startswith(("model name", "flags")))[:4096]
-
-
-def _cache_key(compiler: str) -> str:
-  """What the compiled library depends on: the source, the compiler and its flags, the FFI
-  headers it was built against (their contents: a jaxlib upgrade in place keeps their path),
-  and the CPU."""
-  headers = sorted(Path(jax.ffi.include_dir(), "xla", "ffi", "api").glob("*.h"))
-  return hashlib.sha256(b"\0".join([
-      _SOURCE.read_bytes(), compiler.encode(), " ".join(_FLAGS).encode(),
-      *(h.read_bytes() for h in headers), _cpu_id().encode()])).hexdigest()[:16]
-
-
-@functools.cache
-def _library() -> ctypes.CDLL:
-  compiler = os.environ.get("CXX", "c++")
-  if shutil.which(compiler) is None:
-    raise RuntimeError(
-        f"cell_impl='kernel' compiles {_SOURCE.name} with a C++20 compiler, and {compiler!r} was "
-        "not found: install one (e.g. `apt install g++`) or set $CXX, or use "
-        "cell_impl='elementwise' (same results, pure XLA).")
-  key = _cache_key(compiler)
-  cache = Path(os.environ.get("REGNET_KERNEL_CACHE", Path.home() / ".cache" / "regnet_jax"))
-  path = cache / f"gate_kernel-{key}.so"
-  if not path.exists():
-    try:
-      cache.mkdir(parents=True, exist_ok=True)
-      _compile(compiler, cache, path)
-    except OSError as e:
-      raise RuntimeError(f"cannot write the compiled cell kernel to {cache} ({e}): set "
-                         "$REGNET_KERNEL_CACHE to a writable folder, or use "
-                         "cell_impl='elementwise'") from e
-  return ctypes.cdll.LoadLibrary(str(path))
-
-
-def _compile(compiler: str, cache: Path, path: Path) -> None:
-  """Compiles the kernel to ``path``, atomically (parallel test workers share the cache)."""
-  with tempfile.TemporaryDirectory(dir=cache) as tmp:
-    out = Path(tmp) / path.name
-    result = subprocess.run(
-        [compiler, *_FLAGS, "-I", jax.ffi.include_dir(), str(_SOURCE), "-o", str(out)],
-        capture_output=True, text=True)
-    if result.returncode != 0:
-      raise RuntimeError(f"compiling {_SOURCE} failed (use cell_impl='elementwise' meanwhile):\n"
-                         + result.stderr[-3000:])
-    os.replace(out, path)
-
-
-@functools.cache
-def _register() -> None:
-  lib = _library()
-  for name in ("Gate", *_UPDATES):
-    for step in ("Fwd", "Bwd"):
-      target = f"Regnet{name}{step}"
-      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
 
 
 def check_supported(dtype: jnp.dtype) -> None:
   """Raises a ValueError unless the kernel can run here: CPU backend, float32."""
-  if jax.default_backend() != "cpu":
-    raise ValueError(f"cell_impl='kernel' is a CPU kernel; the backend is "
-                     f"{jax.default_backend()!r}: use cell_impl='elementwise'")
-  if jnp.dtype(dtype) != jnp.float32:
-    raise ValueError(f"cell_impl='kernel' computes in float32, not {jnp.dtype(dtype).name}: "
-                     "use cell_impl='elementwise'")
-
-
-def usable(dtype: jnp.dtype) -> bool:
-  """Whether ``cell_impl='auto'`` picks the kernel: CPU backend, float32, and the kernel
-  compiles here (if it does not, a warning says why, and the caller falls back)."""
-  if jax.default_backend() != "cpu" or jnp.dtype(dtype) != jnp.float32:
-    return False
-  return _builds()
-
-
-@functools.cache
-def _builds() -> bool:
-  try:
-    _library()
-  except (RuntimeError, OSError) as e:
-    logging.warning("cell_impl='auto' uses 'elementwise' (same results, slower on CPU): %s", e)
-    return False
-  return True
+  cpu_kernels.check_supported(dtype, "cell_impl='kernel'", "cell_impl='elementwise'")
 
 
 def _call(target: str, results: Any, pairing: str, *args: Array) -> Any:
-  """Calls a kernel; under ``jax.vmap`` (e.g. stacked per-block cells' init) once per element."""
-  _register()
-  return jax.ffi.ffi_call(target, results, vmap_method="sequential")(
-      *args, concat=pairing == "concat")
+  return cpu_kernels.call(target, results, *args, concat=pairing == "concat")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from regnet_jax import conv as conv_lib
+from regnet_jax import cpu_kernels
 from regnet_jax.blocks import BasicBlock, BottleneckBlock
 from regnet_jax.cells import (
     CELL_CONVS,
@@ -43,12 +44,15 @@ ModuleDef = Callable[..., nn.Module]
 _he_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-CONV_GRADS = ("auto", "lax", "swapped")
+CONV_GRADS = ("auto", "lax", *conv_lib.KERNEL_GRADS)
 
 
-def default_conv_grad() -> str:
-  """What ``conv_grad='auto'`` means here: ``'swapped'`` where JAX's default backend is the
-  CPU (docs/performance.md), else ``'lax'``."""
+def default_conv_grad(dtype: Any = jnp.float32) -> str:
+  """What ``conv_grad='auto'`` means here for a compute ``dtype``: where JAX's default backend
+  is the CPU, ``'kernel'`` (float32, where the CPU kernels build) or ``'swapped'``
+  (docs/performance.md); else ``'lax'``."""
+  if cpu_kernels.usable(dtype):
+    return "kernel"
   return "swapped" if jax.default_backend() == "cpu" else "lax"
 
 
@@ -56,13 +60,11 @@ def conv(features: int, kernel_size: tuple[int, int], strides: tuple[int, int] =
          grad: str = "lax", **kwargs: Any) -> nn.Conv:
   """A convolution with PyTorch's symmetric ``k // 2`` padding, no bias and He init.
 
-  ``grad='swapped'`` computes its kernel gradient as in :mod:`regnet_jax.conv` (the same
-  result up to rounding; faster on XLA:CPU), ``'lax'`` as autodiff of ``lax`` does."""
+  ``grad='swapped'`` or ``'kernel'`` computes its kernel gradient as in :mod:`regnet_jax.conv`
+  (the same result up to rounding; faster on CPU), ``'lax'`` as autodiff of ``lax`` does."""
   kwargs.setdefault("use_bias", False)
-  if grad == "swapped":
-    kwargs["conv_general_dilated"] = conv_lib.conv_general_dilated
   return nn.Conv(features, kernel_size, strides, padding=[(k // 2, k // 2) for k in kernel_size],
-                 kernel_init=_he_init, **kwargs)
+                 kernel_init=_he_init, conv_general_dilated=conv_lib.for_flax(grad), **kwargs)
 
 
 class Stage(nn.Module):
@@ -141,9 +143,10 @@ class _Network(nn.Module):
     shortcut: ``'B'`` (1x1 projection + BN where shapes change) or ``'A'`` (zero-pad).
     projection_bias: bias on the 1x1 projection.
     scan_unroll: see :class:`Stage`.
-    conv_grad: kernel gradient of the dense convolutions: ``'swapped'``
-      (:mod:`regnet_jax.conv`, avoids XLA:CPU's activation transposes), ``'lax'`` (autodiff),
-      or ``'auto'`` (default): swapped where JAX's default backend is the CPU.
+    conv_grad: kernel gradient of the dense convolutions: ``'kernel'`` (compiled C++, CPU and
+      float32 only) or ``'swapped'`` (XLA; both :mod:`regnet_jax.conv`, and both avoid XLA:CPU's
+      activation transposes), ``'lax'`` (autodiff), or ``'auto'`` (default): on the CPU
+      ``'kernel'`` where it runs and builds, else ``'swapped'``; ``'lax'`` elsewhere.
     bn_momentum: BatchNorm running-average decay (PyTorch's 0.1 momentum is 0.9 here).
     bn_axis_name: mapped axis to average BatchNorm statistics over, for use under
       ``shard_map``; None under ``jit``, where statistics are over the global batch anyway.
@@ -196,8 +199,8 @@ class _Network(nn.Module):
     super().__post_init__()
 
   def resolved_conv_grad(self) -> str:
-    """``conv_grad`` with ``'auto'`` resolved for JAX's default backend."""
-    return default_conv_grad() if self.conv_grad == "auto" else self.conv_grad
+    """``conv_grad`` with ``'auto'`` resolved for JAX's default backend and the dtype."""
+    return default_conv_grad(self.dtype) if self.conv_grad == "auto" else self.conv_grad
 
   def conv_def(self) -> ModuleDef:
     """The dense convolution constructor: :func:`conv` with this network's dtype and

@@ -63,3 +63,17 @@ def imagenet_sample() -> tuple[list[bytes], np.ndarray]:
   from regnet_jax.import_data import read_npz
 
   return read_npz(str(_require(SHARED_DATA / "imagenette" / "imagenet-sample-jpeg.npz")))
+
+
+@pytest.fixture
+def no_compiler(monkeypatch, tmp_path):
+  """No C++ compiler and an empty kernel cache (``tmp_path``), with the compiled CPU kernels'
+  cached library and build check cleared before and after the test."""
+  from regnet_jax import cpu_kernels
+
+  monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+  monkeypatch.setenv("REGNET_KERNEL_CACHE", str(tmp_path))
+  clear = lambda: (cpu_kernels.library.cache_clear(), cpu_kernels._builds.cache_clear())
+  clear()
+  yield tmp_path
+  clear()

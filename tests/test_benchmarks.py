@@ -43,13 +43,16 @@ def test_cell_benchmark_rows():
 
   assert cells.stage_shape(2, 8) == (8, 16, 16, 32)
   rows = cells.benchmark_cells(["gru"], [3], [{}, {"pairing": "interleave"}], batch_size=2,
-                               steps=1, warmup=1)
+                               steps=1, warmup=1, conv_grads=("swapped", "kernel"))
   assert [(r["op"], r["variant"]) for r in rows] == [
-      ("dense3x3 conv", "-"), ("gru cell", "default"), ("gru cell", "pairing=interleave")]
+      ("dense3x3 conv", "conv_grad=swapped"), ("dense3x3 conv", "conv_grad=kernel"),
+      ("gru cell", "default"), ("gru cell", "pairing=interleave")]
   assert rows[0]["ratio"] == 1.0 and all(r["fwd_bwd_ms"] > 0 for r in rows)
+  assert rows[2]["ratio"] == pytest.approx(rows[2]["fwd_bwd_ms"] / rows[0]["fwd_bwd_ms"])
   # The conv's gradient reads x and the cotangent and writes dx, each 2x8x8x64 float32.
   assert rows[0]["mb_accessed"] >= 3 * 2 * 8 * 8 * 64 * 4 / 1e6
-  for r in rows:
+  assert rows[1]["mb_accessed"] is None  # XLA cannot see the compiled kernel's traffic
+  for r in (rows[0], *rows[2:]):
     assert r["gb_s"] == pytest.approx(r["mb_accessed"] / r["fwd_bwd_ms"])
 
 

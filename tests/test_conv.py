@@ -1,4 +1,5 @@
-"""The convolution with the swapped kernel gradient equals lax's convolution and its autodiff."""
+"""The convolution with the swapped or compiled kernel gradient equals lax's convolution and its
+autodiff."""
 
 import jax
 import jax.numpy as jnp
@@ -31,34 +32,53 @@ CASES = [
     ((2, 10, 9, 2), (3, 2, 2, 3), ((2, 0), (0, 1)), (3, 2)),
     ((2, 9, 9, 2), (3, 3, 2, 3), ((0, 0), (0, 0)), (2, 2)),
     ((2, 9, 8, 2), (2, 1, 2, 3), ((0, 1), (0, 0)), (4, 3)),
+    # The compiled kernel's own paths: output channels in chunks of 64, 32, 16 and a remainder,
+    # input channels in blocks and a remainder, a negative padding, batch 1 and a batch that
+    # does not split evenly over the threads.
+    ((3, 6, 7, 19), (3, 3, 19, 117), ((1, 1), (1, 1)), (1, 1)),
+    ((1, 5, 4, 33), (3, 3, 33, 48), ((1, 1), (1, 1)), (1, 1)),
+    ((2, 6, 6, 4), (3, 3, 4, 16), ((1, -1), (0, 1)), (1, 1)),
 ]
 
 
+@pytest.mark.parametrize("impl,dtype,tol", [("swapped", jnp.float64, 1e-12),
+                                            ("kernel", jnp.float32, 1e-5)])
 @pytest.mark.parametrize("x_shape,k_shape,padding,strides", CASES)
-def test_kernel_gradient_equals_autodiff_in_float64(x_shape, k_shape, padding, strides):
+def test_kernel_gradient_equals_float64_autodiff(x_shape, k_shape, padding, strides, impl, dtype,
+                                                 tol):
+  """Against float64 autodiff of lax's convolution: ``'swapped'`` computed in float64, exact;
+  the compiled kernel in float32, to float32 rounding of sums of up to ~200 terms."""
   with jax.enable_x64():
     x = jax.random.normal(jax.random.PRNGKey(0), x_shape, jnp.float64)
     kernel = jax.random.normal(jax.random.PRNGKey(1), k_shape, jnp.float64)
     y, vjp = jax.vjp(lambda k: _lax_conv(x, k, padding, strides), kernel)
     dy = jax.random.normal(jax.random.PRNGKey(2), y.shape, jnp.float64)
     expected, = vjp(dy)
-    got = conv.kernel_gradient(x, dy, k_shape[:2], padding, strides)
-    assert got.shape == k_shape
-    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    got = conv.kernel_gradient(x.astype(dtype), dy.astype(dtype), k_shape[:2], padding, strides,
+                               impl)
+  assert got.shape == k_shape and got.dtype == dtype
+  np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
 
 
+def test_compiled_kernel_gradient_wants_float32():
+  x = jnp.ones((1, 4, 4, 2), jnp.bfloat16)
+  with pytest.raises(ValueError, match=r"conv_grad='kernel' computes in float32.*'swapped'"):
+    conv.kernel_gradient(x, x, (3, 3), ((1, 1), (1, 1)), impl="kernel")
+
+
+@pytest.mark.parametrize("kernel_grad", conv.KERNEL_GRADS)
 @pytest.mark.parametrize("x_shape,k_shape,padding,strides", CASES)
-def test_conv_and_its_gradients_equal_lax(x_shape, k_shape, padding, strides):
+def test_conv_and_its_gradients_equal_lax(x_shape, k_shape, padding, strides, kernel_grad):
   x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
   kernel = jax.random.normal(jax.random.PRNGKey(1), k_shape)
 
   def loss(conv_fn, x, kernel):
     return jnp.sum(jnp.sin(conv_fn(x, kernel, strides, padding, dimension_numbers=NHWC)))
 
-  np.testing.assert_array_equal(
-      conv.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC),
-      _lax_conv(x, kernel, padding, strides))
-  got = jax.grad(loss, (1, 2))(conv.conv_general_dilated, x, kernel)
+  ours = conv.for_flax(kernel_grad)
+  np.testing.assert_array_equal(ours(x, kernel, strides, padding, dimension_numbers=NHWC),
+                                _lax_conv(x, kernel, padding, strides))
+  got = jax.grad(loss, (1, 2))(ours, x, kernel)
   expected = jax.grad(loss, (1, 2))(lax.conv_general_dilated, x, kernel)
   np.testing.assert_array_equal(got[0], expected[0])  # the input gradient is lax's own
   np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-5)

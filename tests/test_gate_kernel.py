@@ -1,8 +1,6 @@
 """The compiled gate kernel (cell_impl='kernel') against the elementwise XLA form."""
 
 import functools
-import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -151,50 +149,6 @@ def test_unsupported_dtype_is_a_clear_error():
     GateConv(2, 1, impl="kernel", dtype=jnp.bfloat16).init(jax.random.PRNGKey(0), a, a)
 
 
-def test_missing_compiler_is_a_clear_error(monkeypatch, tmp_path):
-  monkeypatch.setenv("CXX", "no-such-compiler-xyz")
-  monkeypatch.setenv("REGNET_KERNEL_CACHE", str(tmp_path))
-  gate_kernel._library.cache_clear()
-  try:
-    with pytest.raises(RuntimeError, match=r"no-such-compiler-xyz.*cell_impl='elementwise'"):
-      gate_kernel._library()
-  finally:
-    gate_kernel._library.cache_clear()
-  assert not os.listdir(tmp_path)
-
-
-def test_unwritable_cache_is_a_clear_error(monkeypatch, tmp_path):
-  blocker = tmp_path / "a_file"
-  blocker.write_text("")
-  monkeypatch.setenv("REGNET_KERNEL_CACHE", str(blocker / "cache"))
-  gate_kernel._library.cache_clear()
-  try:
-    with pytest.raises(RuntimeError, match=r"cannot write the compiled cell kernel to .*a_file/"
-                       r"cache .*REGNET_KERNEL_CACHE.*cell_impl='elementwise'"):
-      gate_kernel._library()
-  finally:
-    gate_kernel._library.cache_clear()
-
-
-def test_cache_key_follows_the_ffi_headers_contents(monkeypatch, tmp_path):
-  """A jaxlib upgraded in place keeps the headers' path; the cached library must not be reused
-  across it."""
-  api = tmp_path / "xla" / "ffi" / "api"
-  api.mkdir(parents=True)
-  real = pathlib.Path(jax.ffi.include_dir(), "xla", "ffi", "api")
-  for header in real.glob("*.h"):
-    (api / header.name).write_bytes(header.read_bytes())
-  monkeypatch.setattr(jax.ffi, "include_dir", lambda: str(tmp_path))
-  copied = gate_kernel._cache_key("c++")
-  monkeypatch.undo()
-  assert copied == gate_kernel._cache_key("c++")  # same contents, another path: same key
-  monkeypatch.setattr(jax.ffi, "include_dir", lambda: str(tmp_path))
-  with open(api / "ffi.h", "a") as f:
-    f.write("// a newer jaxlib\n")
-  assert gate_kernel._cache_key("c++") != copied
-  assert gate_kernel._cache_key("g++") != copied
-
-
 def _uses_kernel(impl, dtype=jnp.float32):
   a = jnp.ones((1, 4, 4, 2), dtype)
   layer = GateConv(2, 1, impl=impl, dtype=dtype)
@@ -202,17 +156,12 @@ def _uses_kernel(impl, dtype=jnp.float32):
   return "RegnetGateFwd" in str(jax.make_jaxpr(layer.apply)(params, a, a))
 
 
-def test_auto_uses_the_kernel_where_it_runs_and_builds(monkeypatch, tmp_path, caplog):
+def test_auto_uses_the_kernel_where_it_runs_and_builds():
   assert _uses_kernel("auto") and not _uses_kernel("elementwise")
   assert not _uses_kernel("auto", jnp.bfloat16)
-  monkeypatch.setenv("CXX", "no-such-compiler-xyz")
-  monkeypatch.setenv("REGNET_KERNEL_CACHE", str(tmp_path))
-  gate_kernel._library.cache_clear()
-  gate_kernel._builds.cache_clear()
-  try:
-    assert not _uses_kernel("auto")
-    assert "cell_impl='auto' uses 'elementwise'" in caplog.text
-    assert "no-such-compiler-xyz" in caplog.text
-  finally:
-    gate_kernel._library.cache_clear()
-    gate_kernel._builds.cache_clear()
+
+
+def test_auto_falls_back_where_the_kernel_does_not_build(no_compiler, caplog):
+  assert not _uses_kernel("auto")
+  assert "cell_impl='auto' -> 'elementwise'" in caplog.text
+  assert "no-such-compiler-xyz" in caplog.text

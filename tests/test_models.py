@@ -194,14 +194,15 @@ def test_execution_switches_do_not_change_results(overrides):
     (lambda grad: models.ImageNetResNet(10, cell="lstm", conv_grad=grad, widths=(4, 4, 4, 4),
                                         layers=(1, 1, 1, 1)), 64),
 ])
-def test_swapped_conv_gradient_equals_autodiff(make, size):
-  """``conv_grad='swapped'`` (every dense convolution: stems, strided, 1x1 projections and
-  fusions, dense gates) gives the loss and every gradient of ``'lax'``, up to rounding."""
+def test_swapped_and_kernel_conv_gradients_equal_autodiff(make, size):
+  """``conv_grad='swapped'`` and ``'kernel'`` (every dense convolution: stems, strided, 1x1
+  projections and fusions, dense gates) give the loss and every gradient of ``'lax'``, up to
+  rounding."""
   x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 3))
   labels = jnp.array([1, 2])
   variables = _init(make("lax"), x)
   results = []
-  for grad in ("lax", "swapped"):
+  for grad in ("lax", "swapped", "kernel"):
     model = make(grad)
 
     def loss(params, model=model):
@@ -210,13 +211,14 @@ def test_swapped_conv_gradient_equals_autodiff(make, size):
       return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
 
     results.append(jax.jit(jax.value_and_grad(loss))(variables["params"]))
-  (want_loss, want), (got_loss, got) = results
-  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
-  # float32 sums over batch x pixels in another order: compare relative to each tensor's scale
-  # (the kernel gradient itself is exact in float64: tests/test_conv.py).
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max()),
-               got, want)
-  assert make("auto").resolved_conv_grad() == "swapped"  # on this CPU backend
+  (want_loss, want), *others = results
+  for got_loss, got in others:
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+    # float32 sums over batch x pixels in another order: compare relative to each tensor's
+    # scale (the kernel gradients themselves are checked in float64: tests/test_conv.py).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max()),
+                 got, want)
+  assert make("auto").resolved_conv_grad() == "kernel"  # on this CPU backend
 
 
 def test_train_mode_updates_batch_stats_and_eval_does_not():

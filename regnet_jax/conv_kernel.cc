@@ -1,0 +1,130 @@
+// A stride-1 convolution's kernel gradient as one CPU kernel (conv_grad='kernel', regnet_jax/conv.py).
+//
+//   dk[i, j, ci, co] = sum_{b, ho, wo} x[b, ho + i - ph, wo + j - pw, ci] * dy[b, ho, wo, co]
+//
+// x [B, H, W, Ci] (zero outside the image), dy [B, Ho, Wo, Co], dk [kh, kw, Ci, Co]; ph, pw are
+// the low paddings (the high ones follow from the shapes and may be negative); NHWC/HWIO,
+// float32, C-contiguous. XLA:CPU computes this as a convolution that contracts the batch and
+// transposes both operands for it. Here each thread takes whole images; for each tap and each
+// block of dk (CB input x up to 64 output channels, held in vector registers) it adds the outer
+// products x[.., ci] dy[.., co] of every pixel of the image (whose x and dy stay in the L2 cache
+// across the blocks); the threads' sums are added at the end. Strided convolutions call it once
+// per phase of their input (conv.py).
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernel_threads.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Sixteen channels in one vector (GCC/Clang vector extension: one AVX-512 register, or two
+// AVX ones); a remainder of Co % 16 output channels takes the same loops with T = float.
+typedef float V16 __attribute__((vector_size(64)));
+
+template <typename T>
+T Load(const float* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+template <typename T>
+void Store(float* p, T v) {
+  std::memcpy(p, &v, sizeof(T));
+}
+
+struct Shape {
+  int64_t H, W, Ci, Ho, Wo, Co, kh, kw, ph, pw;
+};
+
+// Adds tap (i, j)'s products of one image (x [H, W, Ci], dy [Ho, Wo, Co]) to dk's block of
+// input channels [ci0, ci0 + CB) and output channels [co0, co0 + NV * lanes of T); dk is that
+// tap's [Ci, Co].
+template <typename T, int NV, int CB>
+void AccumulateBlock(const Shape& s, const float* __restrict x, const float* __restrict dy,
+                     float* __restrict dk, int64_t i, int64_t j, int64_t ci0, int64_t co0) {
+  constexpr int64_t L = sizeof(T) / sizeof(float);
+  const int64_t shift = j - s.pw;
+  const int64_t lo = std::max<int64_t>(0, -shift), hi = std::min<int64_t>(s.Wo, s.W - shift);
+  T acc[CB][NV];
+  for (int c = 0; c < CB; ++c)
+    for (int v = 0; v < NV; ++v) acc[c][v] = Load<T>(dk + (ci0 + c) * s.Co + co0 + L * v);
+  for (int64_t ho = std::max<int64_t>(0, s.ph - i); ho < std::min(s.Ho, s.H + s.ph - i); ++ho) {
+    const float* dyrow = dy + ho * s.Wo * s.Co + co0;
+    const float* xrow = x + ((ho + i - s.ph) * s.W + shift) * s.Ci + ci0;
+    for (int64_t wo = lo; wo < hi; ++wo) {
+      T d[NV];
+      for (int v = 0; v < NV; ++v) d[v] = Load<T>(dyrow + wo * s.Co + L * v);
+      const float* xp = xrow + wo * s.Ci;
+      for (int c = 0; c < CB; ++c)
+        for (int v = 0; v < NV; ++v) acc[c][v] += xp[c] * d[v];
+    }
+  }
+  for (int c = 0; c < CB; ++c)
+    for (int v = 0; v < NV; ++v) Store<T>(dk + (ci0 + c) * s.Co + co0 + L * v, acc[c][v]);
+}
+
+// AccumulateBlock over every input channel of one tap, NV vectors T of output channels from
+// co0: blocks of CB input channels (16 accumulators), then single ones.
+template <typename T, int NV>
+void AccumulateChannels(const Shape& s, const float* x, const float* dy, float* dk, int64_t i,
+                        int64_t j, int64_t co0) {
+  constexpr int CB = 16 / NV;
+  int64_t ci0 = 0;
+  for (; ci0 + CB <= s.Ci; ci0 += CB) AccumulateBlock<T, NV, CB>(s, x, dy, dk, i, j, ci0, co0);
+  for (; ci0 < s.Ci; ++ci0) AccumulateBlock<T, NV, 1>(s, x, dy, dk, i, j, ci0, co0);
+}
+
+// One image's contribution to dk [kh, kw, Ci, Co]: output channels in chunks of 64, 32 and 16
+// (4, 2, 1 vectors), then single ones.
+void AccumulateImage(const Shape& s, const float* x, const float* dy, float* dk) {
+  for (int64_t i = 0; i < s.kh; ++i)
+    for (int64_t j = 0; j < s.kw; ++j) {
+      float* tap = dk + (i * s.kw + j) * s.Ci * s.Co;
+      int64_t co0 = 0;
+      for (; co0 + 64 <= s.Co; co0 += 64) AccumulateChannels<V16, 4>(s, x, dy, tap, i, j, co0);
+      if (co0 + 32 <= s.Co) {
+        AccumulateChannels<V16, 2>(s, x, dy, tap, i, j, co0);
+        co0 += 32;
+      }
+      if (co0 + 16 <= s.Co) {
+        AccumulateChannels<V16, 1>(s, x, dy, tap, i, j, co0);
+        co0 += 16;
+      }
+      for (; co0 < s.Co; ++co0) AccumulateChannels<float, 1>(s, x, dy, tap, i, j, co0);
+    }
+}
+
+ffi::Error KernelGradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                          ffi::ResultBuffer<ffi::F32> dk, int64_t ph, int64_t pw) {
+  const auto xd = x.dimensions(), yd = dy.dimensions(), kd = dk->dimensions();
+  const Shape s{xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], kd[0], kd[1], ph, pw};
+  const int64_t batch = xd[0], size = dk->element_count();
+  const int64_t threads = regnet::NumThreads(batch);
+  float* out = dk->typed_data();
+  std::memset(out, 0, sizeof(float) * size);
+  std::vector<float> partial((threads - 1) * size, 0.f);  // threads 1.. (thread 0 uses out)
+  regnet::ParallelOverBatch(threads, [&](int64_t t, int64_t n) {
+    float* acc = t == 0 ? out : partial.data() + (t - 1) * size;
+    for (int64_t b = t; b < batch; b += n)
+      AccumulateImage(s, x.typed_data() + b * s.H * s.W * s.Ci,
+                      dy.typed_data() + b * s.Ho * s.Wo * s.Co, acc);
+  });
+  for (int64_t t = 0; t + 1 < threads; ++t)
+    for (int64_t e = 0; e < size; ++e) out[e] += partial[t * size + e];
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetConvKernelGrad, KernelGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dy
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dk
+                                  .Attr<int64_t>("ph")
+                                  .Attr<int64_t>("pw"));
