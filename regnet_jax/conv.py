@@ -16,10 +16,10 @@ convolution's gradient is split by the stride into stride-1 ones over the phases
 gradient are ``lax``'s own. Equal to autodiff of ``lax.conv_general_dilated`` up to float
 rounding (``tests/test_conv.py``).
 
-With ``kernel_grad='kernel'`` the stride-1 gradients are one compiled CPU kernel instead
+With ``kernel_grad='kernel'`` the gradient is one compiled CPU kernel instead, at any stride
 (``conv_kernel.cc``, :mod:`regnet_jax.cpu_kernels`; float32): it reads ``x`` and ``dy`` in
-their own layout, with no transpose at all (2-5x faster than the swapped convolution at
-CIFAR ResNet shapes on a 2-core CPU; docs/performance.md).
+their own layout, with no transpose or phase slices at all (2-5x faster than the swapped
+convolution at CIFAR ResNet shapes on a 2-core CPU; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -55,21 +55,26 @@ def _conv_fwd(x, kernel, strides, padding, kernel_grad):
 
 
 def _stride1_kernel_gradient(x: Array, dy: Array, kernel_size: Sequence[int],
-                             padding: Sequence[tuple[int, int]], impl: str) -> Array:
-  """:func:`kernel_gradient` for stride 1. ``impl='kernel'``: the compiled CPU kernel.
-  ``'swapped'``: per spatial axis ``dW[k-1-o] = sum_t dy_pad[o + t] x[t]`` with ``dy`` padded by
-  ``k - 1 - pad_low`` below: a convolution whose "input" is ``dy`` (batch = output channels,
-  features = the batch) and whose "kernel" is ``x`` (input features = the batch, output
-  features = input channels), read backwards."""
-  if impl == "kernel":
-    cpu_kernels.check_supported(jnp.promote_types(x.dtype, dy.dtype), "conv_grad='kernel'",
-                                "conv_grad='swapped'")
-    out = jax.ShapeDtypeStruct((*kernel_size, x.shape[-1], dy.shape[-1]), jnp.float32)
-    return cpu_kernels.call("RegnetConvKernelGrad", out, x, dy, ph=np.int64(padding[0][0]),
-                            pw=np.int64(padding[1][0]))
+                             padding: Sequence[tuple[int, int]]) -> Array:
+  """:func:`kernel_gradient` for stride 1, swapped. Per spatial axis ``dW[k-1-o] = sum_t
+  dy_pad[o + t] x[t]`` with ``dy`` padded by ``k - 1 - pad_low`` below: a convolution whose
+  "input" is ``dy`` (batch = output channels, features = the batch) and whose "kernel" is ``x``
+  (input features = the batch, output features = input channels), read backwards."""
   pads = [(k - 1 - low, k - 1 - high) for k, (low, high) in zip(kernel_size, padding, strict=True)]
   out = lax.conv_general_dilated(dy, x, (1, 1), pads, dimension_numbers=("CHWN", "IHWO", "HWNC"))
   return jnp.transpose(out[::-1, ::-1], (0, 1, 3, 2))  # [kh, kw, Co, Ci] reversed -> HWIO
+
+
+def _compiled_kernel_gradient(x: Array, dy: Array, kernel_size: Sequence[int],
+                              padding: Sequence[tuple[int, int]], strides: Sequence[int]
+                              ) -> Array:
+  """:func:`kernel_gradient` by the compiled CPU kernel (any stride, in one call)."""
+  cpu_kernels.check_supported(jnp.promote_types(x.dtype, dy.dtype), "conv_grad='kernel'",
+                              "conv_grad='swapped'")
+  out = jax.ShapeDtypeStruct((*kernel_size, x.shape[-1], dy.shape[-1]), jnp.float32)
+  (sh, sw), ((ph, _), (pw, _)) = strides, padding
+  return cpu_kernels.call("RegnetConvKernelGrad", out, x, dy, sh=np.int64(sh), sw=np.int64(sw),
+                          ph=np.int64(ph), pw=np.int64(pw))
 
 
 def _phases(k: int, low: int, stride: int, size: int, out_size: int):
@@ -91,7 +96,7 @@ def _phases(k: int, low: int, stride: int, size: int, out_size: int):
 def kernel_gradient(x: Array, dy: Array, kernel_size: Sequence[int],
                     padding: Sequence[tuple[int, int]],
                     strides: Sequence[int] = (1, 1), impl: str = "swapped") -> Array:
-  """``dW`` of an NHWC/HWIO convolution, computed with ``dy`` as the convolution's input, or by
+  """``dW`` of an NHWC/HWIO convolution: computed with ``dy`` as the convolution's input, or by
   the compiled CPU kernel.
 
   Args:
@@ -99,20 +104,21 @@ def kernel_gradient(x: Array, dy: Array, kernel_size: Sequence[int],
     dy: ``[B, Ho, Wo, Co]``, the gradient of its output.
     kernel_size: ``(kh, kw)``.
     padding: the convolution's ``((low, high), (low, high))``.
-    strides: the convolution's ``(sh, sw)``; strided gradients are assembled from the
+    strides: the convolution's ``(sh, sw)``; ``'swapped'`` assembles strided gradients from the
       stride-1 gradients of the input's ``sh * sw`` phases (:func:`_phases`).
     impl: ``'swapped'`` (XLA) or ``'kernel'`` (compiled, CPU and float32 only).
   Returns:
     ``[kh, kw, Ci, Co]``.
   """
+  if impl == "kernel":
+    return _compiled_kernel_gradient(x, dy, kernel_size, padding, strides)
   if tuple(strides) == (1, 1):
-    return _stride1_kernel_gradient(x, dy, kernel_size, padding, impl)
+    return _stride1_kernel_gradient(x, dy, kernel_size, padding)
   (sh, sw), (kh, kw) = strides, kernel_size
   dw = jnp.zeros((kh, kw, x.shape[-1], dy.shape[-1]), dy.dtype)
   for a, p, taps_h, pad_h in _phases(kh, padding[0][0], sh, x.shape[1], dy.shape[1]):
     for b, q, taps_w, pad_w in _phases(kw, padding[1][0], sw, x.shape[2], dy.shape[2]):
-      phase = _stride1_kernel_gradient(x[:, p::sh, q::sw], dy, (taps_h, taps_w), (pad_h, pad_w),
-                                       impl)
+      phase = _stride1_kernel_gradient(x[:, p::sh, q::sw], dy, (taps_h, taps_w), (pad_h, pad_w))
       dw = dw.at[a::sh, b::sw].set(phase)
   return dw
 

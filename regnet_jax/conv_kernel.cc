@@ -1,17 +1,17 @@
-// A stride-1 convolution's kernel gradient as one CPU kernel (conv_grad='kernel', regnet_jax/conv.py).
+// A convolution's kernel gradient as one CPU kernel (conv_grad='kernel', regnet_jax/conv.py).
 //
-//   dk[i, j, ci, co] = sum_{b, ho, wo} x[b, ho + i - ph, wo + j - pw, ci] * dy[b, ho, wo, co]
+//   dk[i, j, ci, co] = sum_{b, ho, wo} x[b, sh*ho + i - ph, sw*wo + j - pw, ci] * dy[b, ho, wo, co]
 //
-// x [B, H, W, Ci] (zero outside the image), dy [B, Ho, Wo, Co], dk [kh, kw, Ci, Co]; ph, pw are
-// the low paddings (the high ones follow from the shapes and may be negative); NHWC/HWIO,
-// float32, C-contiguous. XLA:CPU computes this as a convolution that contracts the batch and
+// x [B, H, W, Ci] (zero outside the image), dy [B, Ho, Wo, Co], dk [kh, kw, Ci, Co]; sh, sw are
+// the strides, ph, pw the low paddings (the high ones follow from the shapes and may be
+// negative); NHWC/HWIO, float32, C-contiguous. XLA:CPU computes this as a convolution that contracts the batch and
 // transposes both operands for it. Here each thread takes whole images; for each tap and each
 // block of dk (CB input x up to 64 output channels, held in vector registers) it adds the outer
 // products x[.., ci] dy[.., co] of every pixel of the image (whose x and dy stay in the L2 cache
-// across the blocks); the threads' sums are added at the end. Strided convolutions call it once
-// per phase of their input (conv.py).
+// across the blocks); the threads' sums are added at the end.
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "kernel_threads.h"
@@ -38,8 +38,18 @@ void Store(float* p, T v) {
 }
 
 struct Shape {
-  int64_t H, W, Ci, Ho, Wo, Co, kh, kw, ph, pw;
+  int64_t H, W, Ci, Ho, Wo, Co, kh, kw, sh, sw, ph, pw;
 };
+
+// The outputs o in [lo, hi) whose input stride * o + offset lies in [0, size).
+std::pair<int64_t, int64_t> Inside(int64_t offset, int64_t stride, int64_t size,
+                                   int64_t outputs) {
+  auto first_at_least = [&](int64_t t) {  // smallest o with stride * o + offset >= t
+    const int64_t d = t - offset;
+    return d <= 0 ? 0 : (d + stride - 1) / stride;
+  };
+  return {first_at_least(0), std::min(outputs, first_at_least(size))};
+}
 
 // Adds tap (i, j)'s products of one image (x [H, W, Ci], dy [Ho, Wo, Co]) to dk's block of
 // input channels [ci0, ci0 + CB) and output channels [co0, co0 + NV * lanes of T); dk is that
@@ -48,18 +58,18 @@ template <typename T, int NV, int CB>
 void AccumulateBlock(const Shape& s, const float* __restrict x, const float* __restrict dy,
                      float* __restrict dk, int64_t i, int64_t j, int64_t ci0, int64_t co0) {
   constexpr int64_t L = sizeof(T) / sizeof(float);
-  const int64_t shift = j - s.pw;
-  const int64_t lo = std::max<int64_t>(0, -shift), hi = std::min<int64_t>(s.Wo, s.W - shift);
+  const auto [ho_lo, ho_hi] = Inside(i - s.ph, s.sh, s.H, s.Ho);
+  const auto [wo_lo, wo_hi] = Inside(j - s.pw, s.sw, s.W, s.Wo);
   T acc[CB][NV];
   for (int c = 0; c < CB; ++c)
     for (int v = 0; v < NV; ++v) acc[c][v] = Load<T>(dk + (ci0 + c) * s.Co + co0 + L * v);
-  for (int64_t ho = std::max<int64_t>(0, s.ph - i); ho < std::min(s.Ho, s.H + s.ph - i); ++ho) {
+  for (int64_t ho = ho_lo; ho < ho_hi; ++ho) {
     const float* dyrow = dy + ho * s.Wo * s.Co + co0;
-    const float* xrow = x + ((ho + i - s.ph) * s.W + shift) * s.Ci + ci0;
-    for (int64_t wo = lo; wo < hi; ++wo) {
+    const float* xrow = x + (s.sh * ho + i - s.ph) * s.W * s.Ci + ci0;
+    for (int64_t wo = wo_lo; wo < wo_hi; ++wo) {
       T d[NV];
       for (int v = 0; v < NV; ++v) d[v] = Load<T>(dyrow + wo * s.Co + L * v);
-      const float* xp = xrow + wo * s.Ci;
+      const float* xp = xrow + (s.sw * wo + j - s.pw) * s.Ci;
       for (int c = 0; c < CB; ++c)
         for (int v = 0; v < NV; ++v) acc[c][v] += xp[c] * d[v];
     }
@@ -100,9 +110,10 @@ void AccumulateImage(const Shape& s, const float* x, const float* dy, float* dk)
 }
 
 ffi::Error KernelGradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                          ffi::ResultBuffer<ffi::F32> dk, int64_t ph, int64_t pw) {
+                          ffi::ResultBuffer<ffi::F32> dk, int64_t sh, int64_t sw, int64_t ph,
+                          int64_t pw) {
   const auto xd = x.dimensions(), yd = dy.dimensions(), kd = dk->dimensions();
-  const Shape s{xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], kd[0], kd[1], ph, pw};
+  const Shape s{xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], kd[0], kd[1], sh, sw, ph, pw};
   const int64_t batch = xd[0], size = dk->element_count();
   const int64_t threads = regnet::NumThreads(batch);
   float* out = dk->typed_data();
@@ -126,5 +137,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetConvKernelGrad, KernelGradImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dy
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dk
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
                                   .Attr<int64_t>("ph")
                                   .Attr<int64_t>("pw"));
