@@ -53,18 +53,21 @@ def _peak_memory_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # host RSS (KiB on Linux)
 
 
-def _time_steps(fn, steps: int, warmup: int) -> tuple[list[float], float]:
-  """Seconds of each timed call of ``fn`` after ``warmup`` calls, and the host's minor page
-  faults per timed call (fresh memory the kernel had to map and zero)."""
+def _time_steps(fn, steps: int, warmup: int) -> tuple[list[float], float, float]:
+  """Seconds of each timed call of ``fn`` after ``warmup`` calls, and per timed call the host's
+  minor page faults (fresh memory the kernel had to map and zero) and the process's system CPU
+  milliseconds (mostly that zeroing)."""
   for _ in range(warmup):
     jax.block_until_ready(fn())
   times = []
-  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  before = resource.getrusage(resource.RUSAGE_SELF)
   for _ in range(steps):
     start = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
-  return times, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
+  after = resource.getrusage(resource.RUSAGE_SELF)
+  return (times, (after.ru_minflt - before.ru_minflt) / steps,
+          1e3 * (after.ru_stime - before.ru_stime) / steps)
 
 
 def build_train_step(name: str, overrides: dict, batch_size: int, dtype: str,
@@ -113,8 +116,8 @@ def benchmark_model(name: str, overrides: dict, batch_size: int, dtype: str, num
     holder[0], metrics = compiled(holder[0], batch)
     return metrics
 
-  train_times, train_faults = _time_steps(step, steps, warmup)
-  eval_times, _ = _time_steps(lambda: p_eval(holder[0], batch), steps, warmup)
+  train_times, train_faults, train_sys_ms = _time_steps(step, steps, warmup)
+  eval_times, _, _ = _time_steps(lambda: p_eval(holder[0], batch), steps, warmup)
   train_img_s = batch_size / statistics.median(train_times)
   tflop_s = 6 * summary.count_macs(model.clone(dtype=jnp.float32), size) * train_img_s / 1e12
   return {
@@ -125,7 +128,7 @@ def benchmark_model(name: str, overrides: dict, batch_size: int, dtype: str, num
       "train_tflop_s": tflop_s,
       **({"mfu_pct": 100 * tflop_s / peak_tflops} if peak_tflops else {}),
       "compile_s": compile_s, "peak_mem_mb": _peak_memory_mb(),
-      "page_faults_per_step": train_faults,
+      "page_faults_per_step": train_faults, "sys_ms_per_step": train_sys_ms,
   }
 
 
@@ -161,7 +164,7 @@ def benchmark_resident(name: str, batch_size: int, steps_per_call: int, calls: i
   start = time.perf_counter()
   jax.block_until_ready(call())
   compile_s = time.perf_counter() - start
-  times, _ = _time_steps(call, calls, 0)
+  times, _, _ = _time_steps(call, calls, 0)
   return {"model": name, "batch": batch_size, "steps_per_call": steps_per_call,
           "devices": num_devices,
           "train_img_s": steps_per_call * batch_size / statistics.median(times),

@@ -16,6 +16,7 @@ def test_model_benchmark_fields():
   macs = summary.count_macs(models.create_model("regnet20_gru", 10, depth=8), 32)
   assert row["train_tflop_s"] == pytest.approx(6 * macs * row["train_img_s"] / 1e12)
   assert row["mfu_pct"] == pytest.approx(50 * row["train_tflop_s"])
+  assert row["page_faults_per_step"] >= 0 and row["sys_ms_per_step"] >= 0
 
 
 def test_resident_benchmark_fields():
