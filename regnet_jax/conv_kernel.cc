@@ -8,7 +8,7 @@
 // transposes both operands for it. Here each thread takes whole images; for each tap and each
 // block of dk (CB input x up to 64 output channels, held in vector registers) it adds the outer
 // products x[.., ci] dy[.., co] of every pixel of the image (whose x and dy stay in the L2 cache
-// across the blocks); the threads' sums are added at the end.
+// across the blocks); the threads' sums are added at the end, each thread a slice.
 #include <algorithm>
 #include <cstring>
 #include <utility>
@@ -115,18 +115,27 @@ ffi::Error KernelGradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   const auto xd = x.dimensions(), yd = dy.dimensions(), kd = dk->dimensions();
   const Shape s{xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], kd[0], kd[1], sh, sw, ph, pw};
   const int64_t batch = xd[0], size = dk->element_count();
-  const int64_t threads = regnet::NumThreads(batch);
-  float* out = dk->typed_data();
-  std::memset(out, 0, sizeof(float) * size);
-  std::vector<float> partial((threads - 1) * size, 0.f);  // threads 1.. (thread 0 uses out)
+  // One partial dk per thread, at most ~256 MB of them (ImageNet widths on a many-core CPU).
+  constexpr int64_t kPartialBytes = int64_t{256} << 20;
+  const int64_t threads = std::max<int64_t>(
+      1, std::min<int64_t>(regnet::NumThreads(batch),
+                           kPartialBytes / (sizeof(float) * std::max<int64_t>(size, 1))));
+  std::vector<float> partial(threads * size);
   regnet::ParallelOverBatch(threads, [&](int64_t t, int64_t n) {
-    float* acc = t == 0 ? out : partial.data() + (t - 1) * size;
+    float* acc = partial.data() + t * size;
+    std::memset(acc, 0, sizeof(float) * size);
     for (int64_t b = t; b < batch; b += n)
       AccumulateImage(s, x.typed_data() + b * s.H * s.W * s.Ci,
                       dy.typed_data() + b * s.Ho * s.Wo * s.Co, acc);
   });
-  for (int64_t t = 0; t + 1 < threads; ++t)
-    for (int64_t e = 0; e < size; ++e) out[e] += partial[t * size + e];
+  float* out = dk->typed_data();
+  regnet::ParallelOverBatch(threads, [&](int64_t t, int64_t n) {  // each thread sums a slice
+    for (int64_t e = size * t / n; e < size * (t + 1) / n; ++e) {
+      float sum = 0.f;
+      for (int64_t p = 0; p < n; ++p) sum += partial[p * size + e];
+      out[e] = sum;
+    }
+  });
   return ffi::Error::Success();
 }
 

@@ -11,7 +11,7 @@
 namespace regnet {
 
 // Runs fn(t, threads) on `threads` threads (t = 0 on the caller's) and waits for all of them;
-// thread t takes images t, t + threads, ...
+// the kernels give thread t the images t, t + threads, ...
 template <typename F>
 void ParallelOverBatch(int64_t threads, F fn) {
   std::vector<std::thread> pool;
