@@ -109,15 +109,12 @@ void MixRow(const Shape& s, const float* a, const float* b, const float* w0, con
   }
 }
 
-// Eight channels in one vector register (GCC/Clang vector extension); a remainder of C % 8
-// channels takes the scalar path of the same loops (Lanes = 1).
-typedef float V8 __attribute__((vector_size(32)));
-
+// Sixteen or eight channels in one vector (GCC/Clang vector extension: an AVX-512 register, or
+// two or one AVX ones); a remainder of C % 8 channels takes the scalar path of the same loops
+// (Lanes = 1).
 template <int Lanes>
-struct Vec;
-template <>
-struct Vec<8> {
-  using T = V8;
+struct Vec {
+  typedef float T __attribute__((vector_size(4 * Lanes)));
   static T Load(const float* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
   static void Store(float* p, T v) { std::memcpy(p, &v, sizeof(T)); }
   static T Zero() { return T{}; }
@@ -130,10 +127,11 @@ struct Vec<1> {
   static T Zero() { return 0.f; }
 };
 
-// Calls fn.template operator()<Lanes>(c) for channel blocks c of 8, then single channels.
+// Calls fn.template operator()<Lanes>(c) for channel blocks c of 16, then 8, then single ones.
 template <typename F>
 void ForChannelBlocks(int64_t C, F&& fn) {
   int64_t c = 0;
+  for (; c + 16 <= C; c += 16) fn.template operator()<16>(c);
   for (; c + 8 <= C; c += 8) fn.template operator()<8>(c);
   for (; c < C; ++c) fn.template operator()<1>(c);
 }
