@@ -64,7 +64,8 @@ def _fused_reference(name):
 
 @pytest.mark.parametrize("name", FUSED)
 @pytest.mark.parametrize("pairing,shape", [
-    ("concat", (2, 5, 7, 3)), ("concat", (1, 1, 1, 4)), ("interleave", (5, 2, 3, 9))])
+    ("concat", (2, 5, 7, 3)), ("concat", (1, 1, 1, 4)), ("interleave", (5, 2, 3, 9)),
+    ("concat", (1, 3, 4, 24))])  # channel blocks of 16, 8 and single channels
 def test_fused_cell_updates_and_gradients_equal_reference(name, pairing, shape):
   """Each update fused into the kernel, forward and every gradient (inputs, parameters,
   states) against autodiff of the plain-jnp gates and update."""
