@@ -4,38 +4,24 @@
 //
 // x [B, H, W, Ci] (zero outside the image), dy [B, Ho, Wo, Co], dk [kh, kw, Ci, Co]; sh, sw are
 // the strides, ph, pw the low paddings (the high ones follow from the shapes and may be
-// negative); NHWC/HWIO, float32, C-contiguous. XLA:CPU computes this as a convolution that contracts the batch and
-// transposes both operands for it. Here each thread takes whole images; for each tap and each
-// block of dk (CB input x up to 64 output channels, held in vector registers) it adds the outer
-// products x[.., ci] dy[.., co] of every pixel of the image (whose x and dy stay in the L2 cache
-// across the blocks); the threads' sums are added at the end, each thread a slice.
+// negative); NHWC/HWIO, float32, C-contiguous. XLA:CPU computes this as a convolution that
+// contracts the batch and transposes both operands for it. Here each thread takes whole images;
+// for each tap and each block of dk (CB input x up to 64 output channels, held in vector
+// registers) it adds the outer products x[.., ci] dy[.., co] of every pixel of the image (whose
+// x and dy stay in the L2 cache across the blocks); the threads' sums are added at the end,
+// each thread a slice.
 #include <algorithm>
 #include <cstring>
 #include <utility>
 #include <vector>
 
-#include "kernel_threads.h"
+#include "kernel_common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using regnet::Vec;
 
 namespace {
-
-// Sixteen channels in one vector (GCC/Clang vector extension: one AVX-512 register, or two
-// AVX ones); a remainder of Co % 16 output channels takes the same loops with T = float.
-typedef float V16 __attribute__((vector_size(64)));
-
-template <typename T>
-T Load(const float* p) {
-  T v;
-  std::memcpy(&v, p, sizeof(T));
-  return v;
-}
-
-template <typename T>
-void Store(float* p, T v) {
-  std::memcpy(p, &v, sizeof(T));
-}
 
 struct Shape {
   int64_t H, W, Ci, Ho, Wo, Co, kh, kw, sh, sw, ph, pw;
@@ -52,41 +38,41 @@ std::pair<int64_t, int64_t> Inside(int64_t offset, int64_t stride, int64_t size,
 }
 
 // Adds tap (i, j)'s products of one image (x [H, W, Ci], dy [Ho, Wo, Co]) to dk's block of
-// input channels [ci0, ci0 + CB) and output channels [co0, co0 + NV * lanes of T); dk is that
-// tap's [Ci, Co].
-template <typename T, int NV, int CB>
+// input channels [ci0, ci0 + CB) and output channels [co0, co0 + NV * L); dk is that tap's
+// [Ci, Co].
+template <int L, int NV, int CB>
 void AccumulateBlock(const Shape& s, const float* __restrict x, const float* __restrict dy,
                      float* __restrict dk, int64_t i, int64_t j, int64_t ci0, int64_t co0) {
-  constexpr int64_t L = sizeof(T) / sizeof(float);
+  using V = Vec<L>;
   const auto [ho_lo, ho_hi] = Inside(i - s.ph, s.sh, s.H, s.Ho);
   const auto [wo_lo, wo_hi] = Inside(j - s.pw, s.sw, s.W, s.Wo);
-  T acc[CB][NV];
+  typename V::T acc[CB][NV];
   for (int c = 0; c < CB; ++c)
-    for (int v = 0; v < NV; ++v) acc[c][v] = Load<T>(dk + (ci0 + c) * s.Co + co0 + L * v);
+    for (int v = 0; v < NV; ++v) acc[c][v] = V::Load(dk + (ci0 + c) * s.Co + co0 + L * v);
   for (int64_t ho = ho_lo; ho < ho_hi; ++ho) {
     const float* dyrow = dy + ho * s.Wo * s.Co + co0;
     const float* xrow = x + (s.sh * ho + i - s.ph) * s.W * s.Ci + ci0;
     for (int64_t wo = wo_lo; wo < wo_hi; ++wo) {
-      T d[NV];
-      for (int v = 0; v < NV; ++v) d[v] = Load<T>(dyrow + wo * s.Co + L * v);
+      typename V::T d[NV];
+      for (int v = 0; v < NV; ++v) d[v] = V::Load(dyrow + wo * s.Co + L * v);
       const float* xp = xrow + (s.sw * wo + j - s.pw) * s.Ci;
       for (int c = 0; c < CB; ++c)
         for (int v = 0; v < NV; ++v) acc[c][v] += xp[c] * d[v];
     }
   }
   for (int c = 0; c < CB; ++c)
-    for (int v = 0; v < NV; ++v) Store<T>(dk + (ci0 + c) * s.Co + co0 + L * v, acc[c][v]);
+    for (int v = 0; v < NV; ++v) V::Store(dk + (ci0 + c) * s.Co + co0 + L * v, acc[c][v]);
 }
 
-// AccumulateBlock over every input channel of one tap, NV vectors T of output channels from
+// AccumulateBlock over every input channel of one tap, NV vectors of L output channels from
 // co0: blocks of CB input channels (16 accumulators), then single ones.
-template <typename T, int NV>
+template <int L, int NV>
 void AccumulateChannels(const Shape& s, const float* x, const float* dy, float* dk, int64_t i,
                         int64_t j, int64_t co0) {
   constexpr int CB = 16 / NV;
   int64_t ci0 = 0;
-  for (; ci0 + CB <= s.Ci; ci0 += CB) AccumulateBlock<T, NV, CB>(s, x, dy, dk, i, j, ci0, co0);
-  for (; ci0 < s.Ci; ++ci0) AccumulateBlock<T, NV, 1>(s, x, dy, dk, i, j, ci0, co0);
+  for (; ci0 + CB <= s.Ci; ci0 += CB) AccumulateBlock<L, NV, CB>(s, x, dy, dk, i, j, ci0, co0);
+  for (; ci0 < s.Ci; ++ci0) AccumulateBlock<L, NV, 1>(s, x, dy, dk, i, j, ci0, co0);
 }
 
 // One image's contribution to dk [kh, kw, Ci, Co]: output channels in chunks of 64, 32 and 16
@@ -96,16 +82,16 @@ void AccumulateImage(const Shape& s, const float* x, const float* dy, float* dk)
     for (int64_t j = 0; j < s.kw; ++j) {
       float* tap = dk + (i * s.kw + j) * s.Ci * s.Co;
       int64_t co0 = 0;
-      for (; co0 + 64 <= s.Co; co0 += 64) AccumulateChannels<V16, 4>(s, x, dy, tap, i, j, co0);
+      for (; co0 + 64 <= s.Co; co0 += 64) AccumulateChannels<16, 4>(s, x, dy, tap, i, j, co0);
       if (co0 + 32 <= s.Co) {
-        AccumulateChannels<V16, 2>(s, x, dy, tap, i, j, co0);
+        AccumulateChannels<16, 2>(s, x, dy, tap, i, j, co0);
         co0 += 32;
       }
       if (co0 + 16 <= s.Co) {
-        AccumulateChannels<V16, 1>(s, x, dy, tap, i, j, co0);
+        AccumulateChannels<16, 1>(s, x, dy, tap, i, j, co0);
         co0 += 16;
       }
-      for (; co0 < s.Co; ++co0) AccumulateChannels<float, 1>(s, x, dy, tap, i, j, co0);
+      for (; co0 < s.Co; ++co0) AccumulateChannels<1, 1>(s, x, dy, tap, i, j, co0);
     }
 }
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 Array = jax.Array
 _HERE = Path(__file__).parent
 _SOURCES = (_HERE / "gate_kernel.cc", _HERE / "conv_kernel.cc")
-_HEADERS = (_HERE / "kernel_threads.h",)
+_HEADERS = (_HERE / "kernel_common.h",)
 _FLAGS = ("-O3", "-march=native", "-std=c++20", "-shared", "-fPIC", "-pthread")
 # What to use instead, for error messages.
 FALLBACKS = "cell_impl='elementwise' and conv_grad='swapped' (same results, pure XLA)"

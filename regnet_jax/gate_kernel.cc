@@ -21,12 +21,13 @@
 #include <utility>
 #include <vector>
 
-#include "kernel_threads.h"
+#include "kernel_common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 using regnet::NumThreads;
 using regnet::ParallelOverBatch;
+using regnet::Vec;
 using F32Buffer = ffi::Buffer<ffi::F32>;
 using F32Result = ffi::ResultBuffer<ffi::F32>;
 
@@ -108,24 +109,6 @@ void MixRow(const Shape& s, const float* a, const float* b, const float* w0, con
     }
   }
 }
-
-// Sixteen or eight channels in one vector (GCC/Clang vector extension: an AVX-512 register, or
-// two or one AVX ones); a remainder of C % 8 channels takes the scalar path of the same loops
-// (Lanes = 1).
-template <int Lanes>
-struct Vec {
-  typedef float T __attribute__((vector_size(4 * Lanes)));
-  static T Load(const float* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
-  static void Store(float* p, T v) { std::memcpy(p, &v, sizeof(T)); }
-  static T Zero() { return T{}; }
-};
-template <>
-struct Vec<1> {
-  using T = float;
-  static T Load(const float* p) { return *p; }
-  static void Store(float* p, T v) { *p = v; }
-  static T Zero() { return 0.f; }
-};
 
 // Calls fn.template operator()<Lanes>(c) for channel blocks c of 16, then 8, then single ones.
 template <typename F>

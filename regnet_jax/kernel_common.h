@@ -1,14 +1,32 @@
-// Splitting a kernel's batch over the CPUs (shared by gate_kernel.cc and conv_kernel.cc).
+// What gate_kernel.cc and conv_kernel.cc share: channel vectors and splitting work over the CPUs.
 #pragma once
 
 #include <sched.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <thread>
 #include <vector>
 
 namespace regnet {
+
+// Lanes channels in one vector (GCC/Clang vector extension: 16 lanes are one AVX-512 register,
+// or two AVX ones); Lanes = 1 is a plain float, for the channels left over.
+template <int Lanes>
+struct Vec {
+  typedef float T __attribute__((vector_size(4 * Lanes)));
+  static T Load(const float* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
+  static void Store(float* p, T v) { std::memcpy(p, &v, sizeof(T)); }
+  static T Zero() { return T{}; }
+};
+template <>
+struct Vec<1> {
+  using T = float;
+  static T Load(const float* p) { return *p; }
+  static void Store(float* p, T v) { *p = v; }
+  static T Zero() { return 0.f; }
+};
 
 // Runs fn(t, threads) on `threads` threads (t = 0 on the caller's) and waits for all of them;
 // the kernels give thread t the images t, t + threads, ...
