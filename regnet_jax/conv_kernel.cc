@@ -8,12 +8,12 @@
 // contracts the batch and transposes both operands for it. Here each thread takes whole images;
 // for each tap and each block of dk (CB input x up to 64 output channels, held in vector
 // registers) it adds the outer products x[.., ci] dy[.., co] of every pixel of the image (whose
-// x and dy stay in the L2 cache across the blocks); the threads' sums are added at the end,
-// each thread a slice.
+// x and dy stay in the L2 cache across the blocks); the threads' partial sums are added at the
+// end.
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <utility>
-#include <vector>
 
 #include "kernel_common.h"
 #include "xla/ffi/api/ffi.h"
@@ -106,19 +106,20 @@ ffi::Error KernelGradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   const int64_t threads = std::max<int64_t>(
       1, std::min<int64_t>(regnet::NumThreads(batch),
                            kPartialBytes / (sizeof(float) * std::max<int64_t>(size, 1))));
-  std::vector<float> partial(threads * size);
+  std::unique_ptr<float[]> partial(new float[threads * size]);  // each thread zeroes its own
   regnet::ParallelOverBatch(threads, [&](int64_t t, int64_t n) {
-    float* acc = partial.data() + t * size;
+    float* acc = partial.get() + t * size;
     std::memset(acc, 0, sizeof(float) * size);
     for (int64_t b = t; b < batch; b += n)
       AccumulateImage(s, x.typed_data() + b * s.H * s.W * s.Ci,
                       dy.typed_data() + b * s.Ho * s.Wo * s.Co, acc);
   });
+  // Sum the partials, each thread a slice; a small dk (CIFAR's) on the caller's thread alone.
   float* out = dk->typed_data();
-  regnet::ParallelOverBatch(threads, [&](int64_t t, int64_t n) {  // each thread sums a slice
+  regnet::ParallelOverBatch(size * threads >= (1 << 20) ? threads : 1, [&](int64_t t, int64_t n) {
     for (int64_t e = size * t / n; e < size * (t + 1) / n; ++e) {
       float sum = 0.f;
-      for (int64_t p = 0; p < n; ++p) sum += partial[p * size + e];
+      for (int64_t p = 0; p < threads; ++p) sum += partial[p * size + e];
       out[e] = sum;
     }
   });

@@ -33,7 +33,7 @@ _SOURCES = (_HERE / "gate_kernel.cc", _HERE / "conv_kernel.cc")
 _HEADERS = (_HERE / "kernel_common.h",)
 _FLAGS = ("-O3", "-march=native", "-std=c++20", "-shared", "-fPIC", "-pthread")
 # What to use instead, for error messages.
-FALLBACKS = "cell_impl='elementwise' and conv_grad='swapped' (same results, pure XLA)"
+_FALLBACKS = "cell_impl='elementwise' and conv_grad='swapped' (same results, pure XLA)"
 
 
 def _cpu_id() -> str:
@@ -63,7 +63,7 @@ def library() -> ctypes.CDLL:
   if shutil.which(compiler) is None:
     raise RuntimeError(
         f"regnet_jax's CPU kernels are compiled with a C++20 compiler, and {compiler!r} was "
-        f"not found: install one (e.g. `apt install g++`) or set $CXX, or use {FALLBACKS}.")
+        f"not found: install one (e.g. `apt install g++`) or set $CXX, or use {_FALLBACKS}.")
   key = _cache_key(compiler)
   cache = Path(os.environ.get("REGNET_KERNEL_CACHE", Path.home() / ".cache" / "regnet_jax"))
   path = cache / f"regnet_kernels-{key}.so"
@@ -73,7 +73,7 @@ def library() -> ctypes.CDLL:
       _compile(compiler, cache, path)
     except OSError as e:
       raise RuntimeError(f"cannot write the compiled CPU kernels to {cache} ({e}): set "
-                         f"$REGNET_KERNEL_CACHE to a writable folder, or use {FALLBACKS}") from e
+                         f"$REGNET_KERNEL_CACHE to a writable folder, or use {_FALLBACKS}") from e
   return ctypes.cdll.LoadLibrary(str(path))
 
 
@@ -85,7 +85,7 @@ def _compile(compiler: str, cache: Path, path: Path) -> None:
         [compiler, *_FLAGS, "-I", jax.ffi.include_dir(), *map(str, _SOURCES), "-o", str(out)],
         capture_output=True, text=True)
     if result.returncode != 0:
-      raise RuntimeError(f"compiling regnet_jax's CPU kernels failed (use {FALLBACKS} "
+      raise RuntimeError(f"compiling regnet_jax's CPU kernels failed (use {_FALLBACKS} "
                          "meanwhile):\n" + result.stderr[-3000:])
     os.replace(out, path)
 

@@ -34,10 +34,12 @@ CASES = [
     ((2, 9, 8, 2), (2, 1, 2, 3), ((0, 1), (0, 0)), (4, 3)),
     # The compiled kernel's own paths: output channels in chunks of 64, 32, 16 and a remainder,
     # input channels in blocks and a remainder, a negative padding, batch 1 and a batch that
-    # does not split evenly over the threads.
+    # does not split evenly over the threads, and a kernel large enough that the threads' partial
+    # sums are added in parallel.
     ((3, 6, 7, 19), (3, 3, 19, 117), ((1, 1), (1, 1)), (1, 1)),
     ((1, 5, 4, 33), (3, 3, 33, 48), ((1, 1), (1, 1)), (1, 1)),
     ((2, 6, 6, 4), (3, 3, 4, 16), ((1, -1), (0, 1)), (1, 1)),
+    ((2, 3, 3, 256), (3, 3, 256, 256), ((1, 1), (1, 1)), (1, 1)),  # partials summed in parallel
 ]
 
 
