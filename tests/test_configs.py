@@ -1,0 +1,29 @@
+"""Every experiment config loads and passes the trainer's checks; the reduced protocols of
+docs/results.md differ only where they say they do."""
+
+import importlib
+import pathlib
+
+import pytest
+
+from regnet_jax import models, train
+from tests.conftest import REPO
+
+CONFIGS = sorted(p.stem for p in pathlib.Path(REPO, "configs").glob("*.py")
+                 if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_loads_and_validates(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert config.model in models.list_models()
+  train.validate_config(config)
+
+
+@pytest.mark.parametrize("model", ["resnet20", "regnet20_gru", "se_regnet20_lstm"])
+def test_reduced_protocols_differ_only_in_length(model):
+  five = importlib.import_module("configs.cifar10_reduced").get_config(model).to_dict()
+  ten = importlib.import_module("configs.cifar10_reduced10").get_config(model).to_dict()
+  assert (five.pop("num_epochs"), ten.pop("num_epochs")) == (5.0, 10.0)
+  assert five == ten
+  assert ten["model"] == model and ten["batch_size"] == 128
