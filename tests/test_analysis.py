@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -141,6 +142,40 @@ def test_seed_summary_groups_models_with_several_seeds():
       "| resnet20 | 0, 1 | 22.60, 23.10 | 22.85 | 0.50 |",
       "| regnet20_gru | 0, 1 | 23.50, 23.00 | 23.25 | 0.50 |"]
   assert results.seed_summary(rows[-1:]) == ""
+
+
+def test_protocol_comparison_means_over_seeds_against_resnet20(tmp_path, capsys):
+  def row(label, seed, error, epochs):
+    return {"label": label, "seed": seed, "test_error": error, "dataset": "cifar10",
+            "epochs": epochs, "batch_size": 128, "schedule": "cosine"}
+
+  five = [row("resnet20", 0, 22.6, 5.0), row("resnet20", 1, 23.0, 5.0),
+          row("regnet20_gru", 0, 24.0, 5.0), row("se_resnet20", 0, 23.5, 5.0)]
+  ten = [row("regnet20_gru", 0, 15.5, 10.0), row("resnet20", 0, 16.0, 10.0)]
+  expected = [
+      "| resnet20 | 22.80 (2) | +0.00 | 16.00 (1) | +0.00 | 8.38 | +0.00 |",
+      "| regnet20_gru | 24.00 (1) | +1.20 | 15.50 (1) | -0.50 | 7.42 | -0.96 |",
+      "| se_resnet20 | 23.50 (1) | +0.70 | - | - | 8.02 | -0.36 |"]
+  lines = results.protocol_comparison([five, ten]).splitlines()
+  assert lines[0].startswith("| model | 5 epochs: error % (seeds) | 5 epochs: vs resnet20 | "
+                             "10 epochs: error % (seeds) |")
+  assert lines[2:] == expected
+  # Without ResNet-20 in a table there is nothing to measure against.
+  assert results.protocol_comparison([ten[:1]]).splitlines()[2] == (
+      "| regnet20_gru | 15.50 (1) | - | 7.42 | -0.96 |")
+  with pytest.raises(ValueError, match="mixes protocols"):
+    results.protocol_comparison([five + ten])
+  with pytest.raises(ValueError, match="different datasets"):
+    results.protocol_comparison([five, [dict(ten[0], dataset="cifar100")]])
+  paths = []
+  for name, rows in (("a", five), ("b", ten)):
+    paths.append(str(tmp_path / f"results_{name}.json"))
+    pathlib.Path(paths[-1]).write_text(json.dumps(rows))
+  results.main(["--compare", *paths])
+  assert capsys.readouterr().out.splitlines()[2:] == expected
+  pathlib.Path(paths[0]).write_text(json.dumps(five + ten))
+  with pytest.raises(SystemExit, match=r"error: .*mixes protocols"):
+    results.main(["--compare", paths[0]])
 
 
 def test_bn_stats_comparison_exact():

@@ -5,6 +5,11 @@ trained workdirs (their config.json and TensorBoard event files).
 
 writes ``OUT/results_NAME.json``, ``OUT/error_vs_params_NAME.png`` and
 ``OUT/curves_NAME.png``, and prints the Markdown table (paper error beside ours).
+
+    python -m regnet_jax.analysis.results --compare docs/results_A.json docs/results_B.json
+
+prints the models' mean errors under each of those protocols side by side, each against
+ResNet-20's under the same protocol, beside the paper's.
 """
 
 from __future__ import annotations
@@ -167,6 +172,48 @@ def seed_summary(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines) if len(lines) > 2 else ""
 
 
+BASELINE = "resnet20"  # what --compare measures every model against, within a protocol
+
+
+def protocol_comparison(tables: list[list[dict[str, Any]]]) -> str:
+  """Each model's test error (mean over its seeds) under each protocol (one table of rows, as
+  ``results_NAME.json`` holds them), and its difference to ResNet-20's mean under the same
+  protocol, beside the paper's error and difference."""
+  heads, means, datasets_seen = [], [], set()
+  for rows in tables:
+    protocols = {(r["dataset"], r["epochs"], r["batch_size"], r["schedule"]) for r in rows}
+    if len(protocols) != 1:
+      raise ValueError(f"a table mixes protocols {sorted(protocols)}; compare one per table")
+    dataset, epochs, _, _ = protocols.pop()
+    datasets_seen.add(dataset)
+    heads.append(f"{epochs:g} epochs")
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+      groups.setdefault(r["label"], []).append(r["test_error"])
+    means.append({k: (statistics.mean(v), len(v)) for k, v in groups.items()})
+  if len(datasets_seen) != 1:
+    raise ValueError(f"the tables are on different datasets {sorted(datasets_seen)}")
+  labels = list(dict.fromkeys(k for m in means for k in m))
+
+  def cell(mean: dict[str, tuple[float, int]], name: str) -> list[str]:
+    if name not in mean:
+      return ["-", "-"]
+    error, n = mean[name]
+    delta = f"{error - mean[BASELINE][0]:+.2f}" if BASELINE in mean else "-"
+    return [f"{error:.2f} ({n})", delta]
+
+  lines = ["| model | " + " | ".join(f"{h}: error % (seeds) | {h}: vs {BASELINE}" for h in heads)
+           + f" | paper error % | paper: vs {BASELINE} |",
+           "|---|" + "---|---|" * len(heads) + "---|---|"]
+  for name in labels:
+    paper, base = PAPER_ERROR.get((dataset, name)), PAPER_ERROR.get((dataset, BASELINE))
+    cells = [c for m in means for c in cell(m, name)]
+    cells += [f"{paper:.2f}" if paper is not None else "-",
+              f"{paper - base:+.2f}" if paper is not None and base is not None else "-"]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def _pyplot():
   import matplotlib
 
@@ -229,11 +276,26 @@ def plot_curves(workdirs: list[str], path: str, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdirs", nargs="+", required=True)
-  parser.add_argument("--out", required=True, help="folder for the JSON and PNG files")
+  inputs = parser.add_mutually_exclusive_group(required=True)
+  inputs.add_argument("--workdirs", nargs="+", help="trained workdirs, one table row each")
+  inputs.add_argument("--compare", nargs="+", metavar="JSON",
+                      help="results_NAME.json files, one protocol each: print them side by side")
+  parser.add_argument("--out", help="folder for the JSON and PNG files (with --workdirs)")
   parser.add_argument("--name", default="results", help="suffix of the written files")
   parser.add_argument("--title", default="CIFAR-10 (JPEG q75)", help="title of the figures")
   args = parser.parse_args(argv)
+  if args.compare:
+    try:
+      tables = []
+      for path in args.compare:
+        with open(path) as f:
+          tables.append(json.load(f))
+      print(protocol_comparison(tables))
+    except (ValueError, OSError, KeyError) as e:
+      raise SystemExit(f"error: {e}") from None
+    return
+  if not args.out:
+    parser.error("--workdirs needs --out")
   try:
     rows = [summarize(w) for w in args.workdirs]
   except (ValueError, FileNotFoundError) as e:
