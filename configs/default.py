@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Loop.
   config.log_every_steps = 100  # Train metrics to TensorBoard every this many steps.
   config.eval_every_steps = -1  # Evaluate every this many steps; -1: once per epoch.
+  config.eval_precise_bn_batches = 0  # Each eval also with precise BN over N train batches; 0: off.
   config.checkpoint_every_steps = -1  # Save every this many steps; -1: once per epoch.
   config.keep_checkpoints = 3  # Newest checkpoints kept on disk.
   config.seed = 0  # Seeds initialisation, data order and augmentation.

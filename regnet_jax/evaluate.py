@@ -41,13 +41,12 @@ def load_from_workdir(workdir: str, step: int | None = None
 
 def recompute_batch_stats(trainer: train_steps.Trainer, model: Any, variables: dict[str, Any],
                           config: ml_collections.ConfigDict, num_batches: int) -> Any:
-  """Precise BN for a run's model: :func:`train.precise_batch_stats` over ``num_batches`` of
-  the run's own training batches."""
+  """Precise BN for a run's model (:func:`train.precise_bn`) over ``num_batches`` of the run's
+  own training batches (:func:`train.precise_bn_batches`)."""
   spec = datasets.get_spec(config.dataset)
   builder = input_pipeline.get_builder(config.dataset, config.data_dir)
-  batches = input_pipeline.train_batches(builder, spec, config.batch_size, config.seed,
-                                         shuffle_buffer=config.shuffle_buffer)
-  return train.precise_batch_stats(trainer, model, variables, batches, num_batches)
+  return train.precise_bn(trainer, model)(
+      variables, train.precise_bn_batches(builder, spec, config), num_batches)
 
 
 def evaluate_workdir(workdir: str, step: int | None = None, precise_bn_batches: int = 0
@@ -55,7 +54,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, precise_bn_batches: 
   """Evaluates a checkpoint of ``workdir`` on the full eval split; prints and logs the result.
 
   With ``precise_bn_batches``, BatchNorm statistics are first recomputed over that many
-  training batches (:func:`train.precise_batch_stats`); the results are then logged as
+  training batches (:func:`recompute_batch_stats`); the results are then logged as
   ``precise_bn_eval_*``, beside (not over) the running-average ones.
   """
   from clu import metric_writers

@@ -57,12 +57,14 @@ def evaluate(trainer: train_steps.Trainer, p_eval: Callable, state: train_steps.
   return {**train_steps.eval_summary(sums), "eval_examples": float(sums["count"])}
 
 
-def precise_batch_stats(trainer: train_steps.Trainer, model: models._Network,
-                        variables: dict[str, Any], batches: Iterator[dict[str, np.ndarray]],
-                        num_batches: int) -> Any:
-  """BatchNorm statistics recomputed for the current weights ("precise BN", as in pycls):
-  every BN layer's mean and variance averaged over ``num_batches`` training batches, in place
-  of the running averages, which lag behind weights that change fast."""
+PreciseBN = Callable[[dict[str, Any], Iterator[dict[str, np.ndarray]], int], Any]
+
+
+def precise_bn(trainer: train_steps.Trainer, model: models._Network) -> PreciseBN:
+  """``recompute(variables, batches, num_batches) -> batch_stats``: BatchNorm statistics
+  recomputed for the current weights ("precise BN", as in pycls), every BN layer's mean and
+  variance averaged over ``num_batches`` training batches, in place of the running averages,
+  which lag behind weights that change fast. Compiled once, however often it is called."""
   per_batch = model.clone(bn_momentum=0.0)  # the "running" update is then the batch's own
 
   @functools.partial(jax.jit, in_shardings=(trainer.replicated, trainer.data_sharding),
@@ -71,11 +73,26 @@ def precise_batch_stats(trainer: train_steps.Trainer, model: models._Network,
     _, updates = per_batch.apply(variables, images, train=True, mutable=["batch_stats"])
     return updates["batch_stats"]
 
-  total = None
-  for _, batch in zip(range(num_batches), batches, strict=False):
-    s = stats(variables, trainer.shard({"image": batch["image"]})["image"])
-    total = s if total is None else jax.tree.map(jnp.add, total, s)
-  return jax.tree.map(lambda t: t / num_batches, total)
+  def recompute(variables: dict[str, Any], batches: Iterator[dict[str, np.ndarray]],
+                num_batches: int) -> Any:
+    total, count = None, 0
+    for _, batch in zip(range(num_batches), batches, strict=False):
+      s = stats(variables, trainer.shard({"image": batch["image"]})["image"])
+      total, count = (s if total is None else jax.tree.map(jnp.add, total, s)), count + 1
+    if not count:
+      raise ValueError("precise BN needs at least one training batch")
+    return jax.tree.map(lambda t: t / count, total)
+
+  return recompute
+
+
+def precise_bn_batches(builder: Any, spec: datasets.DatasetSpec,
+                       config: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndarray]]:
+  """The batches precise BN averages over: the run's own first training batches (its seed,
+  from step 0), so every recomputation for a run sees the same images."""
+  return input_pipeline.train_batches(builder, spec, config.batch_size, config.seed,
+                                      shuffle_buffer=config.shuffle_buffer,
+                                      skip_bad_images=config.get("skip_bad_images", False))
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -88,6 +105,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.num_train_steps <= 0 and not config.num_epochs > 0:
     raise ValueError(f"num_epochs must be positive (or set num_train_steps), got "
                      f"{config.num_epochs!r}")
+  if config.eval_precise_bn_batches < 0:
+    raise ValueError(f"eval_precise_bn_batches must be >= 0 (0: off), got "
+                     f"{config.eval_precise_bn_batches!r}")
   if config.lr_schedule not in ("step", "cosine"):
     raise ValueError(f"lr_schedule={config.lr_schedule!r} is not valid; choose step or cosine")
 
@@ -118,6 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if start == 0:
     writer.write_hparams(_flat_hparams(config))
   p_train, p_eval = trainer.compile_steps(config, schedule)
+  recompute = precise_bn(trainer, run.model) if config.eval_precise_bn_batches > 0 else None
   every = lambda n: n if n > 0 else run.steps_per_epoch
   log_every, eval_every, ckpt_every = (every(config.log_every_steps),
                                        every(config.eval_every_steps),
@@ -146,6 +167,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if step % eval_every == 0 or step == run.num_steps:
           writer.write_scalars(step, evaluate(trainer, p_eval, state, builder, run.spec,
                                               config.batch_size))
+          if recompute is not None:  # the same weights, BN statistics recomputed
+            stats = recompute({"params": state.params, "batch_stats": state.batch_stats},
+                              precise_bn_batches(builder, run.spec, config),
+                              config.eval_precise_bn_batches)
+            result = evaluate(trainer, p_eval, state.replace(batch_stats=stats), builder,
+                              run.spec, config.batch_size)
+            writer.write_scalars(step, {"precise_bn_" + k: v for k, v in result.items()})
           timer = time.perf_counter()
         if step % ckpt_every == 0 or last:
           if pending:  # never save parameters that produced a non-finite loss

@@ -17,9 +17,11 @@ from tests.test_train import STEPS, scalars, tiny_config
 
 @pytest.fixture(scope="module")
 def run(tfds_dir, tmp_path_factory):
-  """The tiny RegNet run of test_train (same config, so its compiled steps are cached)."""
+  """The tiny RegNet run of test_train (same config, so its compiled steps are cached), also
+  evaluated half-way, and with precise BN each time."""
   workdir = str(tmp_path_factory.mktemp("analysis_run"))
-  train.train_and_evaluate(tiny_config(tfds_dir), workdir)
+  train.train_and_evaluate(tiny_config(tfds_dir, eval_every_steps=STEPS // 2,
+                                       eval_precise_bn_batches=1), workdir)
   return workdir
 
 
@@ -80,6 +82,8 @@ def test_results_table_and_figures(run, tmp_path, capsys):
   assert row["label"] == "regnet20_gru" and row["paper_error"] == 7.42
   assert row["params"] == summary.count_params(model, 32)
   assert row["test_error"] == pytest.approx(100 * reference["eval_top1_error"][STEPS])
+  assert row["test_error_precise_bn"] == pytest.approx(
+      100 * reference["precise_bn_eval_top1_error"][STEPS])
   results.main(["--workdirs", run, "--out", str(tmp_path), "--name", "t"])
   assert "| regnet20_gru | 0 |" in capsys.readouterr().out
   assert json.loads((tmp_path / "results_t.json").read_text())[0]["step"] == STEPS

@@ -21,9 +21,10 @@ def test_config_loads_and_validates(name):
 
 
 @pytest.mark.parametrize("model", ["resnet20", "regnet20_gru", "se_regnet20_lstm"])
-def test_reduced_protocols_differ_only_in_length(model):
+def test_reduced_protocols_differ_only_in_length_and_evaluation(model):
   five = importlib.import_module("configs.cifar10_reduced").get_config(model).to_dict()
   ten = importlib.import_module("configs.cifar10_reduced10").get_config(model).to_dict()
   assert (five.pop("num_epochs"), ten.pop("num_epochs")) == (5.0, 10.0)
+  assert (five.pop("eval_precise_bn_batches"), ten.pop("eval_precise_bn_batches")) == (0, 64)
   assert five == ten
   assert ten["model"] == model and ten["batch_size"] == 128

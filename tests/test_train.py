@@ -194,6 +194,7 @@ def test_label_smoothing_loss():
     ({"num_epochs": 0.0, "num_train_steps": -1}, "num_epochs must be positive"),
     ({"model_args": {"depth": 21}}, "depth=21 is not valid for a CIFAR ResNet; it must be 6n\\+2"),
     ({"model_args": {"cell_conv": "dense5x5"}}, "cell_conv='dense5x5' is not valid"),
+    ({"eval_precise_bn_batches": -1}, "eval_precise_bn_batches must be >= 0"),
 ])
 def test_bad_config_fails_fast_and_writes_nothing(tfds_dir, tmp_path, overrides, match):
   workdir = tmp_path / "w"
@@ -380,7 +381,8 @@ def test_precise_bn_is_the_mean_of_batch_statistics():
   rng = np.random.RandomState(0)
   batches = [{"image": rng.randn(4, 32, 32, 3).astype(np.float32) + i} for i in range(2)]
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  stats = jax.device_get(train.precise_batch_stats(trainer, model, variables, iter(batches), 2))
+  recompute = train.precise_bn(trainer, model)
+  stats = jax.device_get(recompute(variables, iter(batches), 5))  # only 2 batches come
   kernel = np.asarray(state.params["stem_conv"]["kernel"], np.float64)
   moments = []
   for b in batches:  # the stem convolution by hand, in float64
@@ -392,6 +394,8 @@ def test_precise_bn_is_the_mean_of_batch_statistics():
   np.testing.assert_allclose(stats["stem_bn"]["var"], (moments[0][1] + moments[1][1]) / 2,
                              rtol=1e-4)
   assert stats["stage3"]["blocks"]["regulator"]["bn_h"]["var"].shape == (1, 64)
+  with pytest.raises(ValueError, match="at least one training batch"):
+    recompute(variables, iter([]), 2)
 
 
 def test_eval_with_precise_bn_logs_beside_the_running_averages(reference_run, tmp_path, capsys):
@@ -403,3 +407,23 @@ def test_eval_with_precise_bn_logs_beside_the_running_averages(reference_run, tm
   tags = scalars(str(copy))
   assert tags["precise_bn_eval_top1_error"][STEPS] == pytest.approx(result["eval_top1_error"])
   assert tags["eval_top1_error"] == scalars(reference_run[0])["eval_top1_error"]
+
+
+def test_precise_bn_evals_during_training_leave_training_unchanged(reference_run, tfds_dir,
+                                                                   tmp_path):
+  """``eval_precise_bn_batches`` adds a precise-BN evaluation beside every running-average one;
+  the trained weights are bit-identical to a run without it, and the final one equals what
+  ``--mode=eval --precise_bn`` computes for the final checkpoint."""
+  workdir, params8 = reference_run
+  run = str(tmp_path / "run")
+  state = train.train_and_evaluate(
+      tiny_config(tfds_dir, eval_every_steps=3, eval_precise_bn_batches=2), run)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params8)
+  tags = scalars(run)
+  assert sorted(tags["precise_bn_eval_top1_error"]) == sorted(tags["eval_top1_error"]) == [3, 6]
+  assert tags["eval_top1_error"][STEPS] == scalars(workdir)["eval_top1_error"][STEPS]
+  assert tags["precise_bn_eval_loss"][STEPS] != tags["eval_loss"][STEPS]  # other statistics
+  final = tags["precise_bn_eval_top1_error"][STEPS]
+  shutil.copytree(workdir, tmp_path / "copy")
+  assert evaluate.evaluate_workdir(str(tmp_path / "copy"), precise_bn_batches=2)[
+      "eval_top1_error"] == pytest.approx(final, abs=1e-6)

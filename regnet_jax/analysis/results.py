@@ -244,8 +244,14 @@ def plot_error_vs_params(rows: list[dict[str, Any]], path: str, title: str) -> N
   plt.close(fig)
 
 
+def _series(scalars: Scalars, tag: str) -> np.ndarray:
+  """``[[step, value], ...]`` of one tag (shape ``[n, 2]``, also when n = 0)."""
+  return np.array([(s, v) for s, v, _ in scalars.get(tag, [])]).reshape(-1, 2)
+
+
 def plot_curves(workdirs: list[str], path: str, title: str) -> None:
-  """Training loss and test error against epochs, one line per workdir."""
+  """Training loss and test error against epochs, one line per workdir; a run that also
+  evaluated with precise BN during training gets that test error as a dashed line."""
   plt = _pyplot()
   fig, (loss_ax, err_ax) = plt.subplots(1, 2, figsize=(10, 4))
   for workdir in workdirs:
@@ -258,10 +264,15 @@ def plot_curves(workdirs: list[str], path: str, title: str) -> None:
       builder = input_pipeline.get_builder(config.dataset, config.data_dir, download=False)
       per_epoch = input_pipeline.steps_per_epoch(
           builder, datasets.get_spec(config.dataset), config.batch_size)
-    for ax, tag, scale in ((loss_ax, "train_loss", 1), (err_ax, "eval_top1_error", 100)):
-      series = np.array([(s, v) for s, v, _ in scalars.get(tag, [])]).reshape(-1, 2)
-      ax.plot(series[:, 0] / per_epoch, series[:, 1] * scale, marker="." if ax is err_ax else "",
-              label=f"{label(config)} (seed {config.seed})")
+    name = f"{label(config)} (seed {config.seed})"
+    loss = _series(scalars, "train_loss")
+    color = loss_ax.plot(loss[:, 0] / per_epoch, loss[:, 1], label=name)[0].get_color()
+    error = _series(scalars, "eval_top1_error")
+    err_ax.plot(error[:, 0] / per_epoch, 100 * error[:, 1], marker=".", color=color, label=name)
+    precise = _series(scalars, "precise_bn_eval_top1_error")
+    if len(precise) > 1:  # evaluated with precise BN during training, not only at the end
+      err_ax.plot(precise[:, 0] / per_epoch, 100 * precise[:, 1], marker="x", linestyle="--",
+                  color=color, label=name + ", precise BN")
   loss_ax.set_ylabel("training loss")
   err_ax.set_ylabel("test error (%)")
   for ax in (loss_ax, err_ax):
