@@ -150,18 +150,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       config.prefetch_batches)
 
   pending = []
-  timer = time.perf_counter()
+  timer, timed_steps = time.perf_counter(), 0  # the steps since the timer started
   try:
     with StopOnSignal() as stop:
       for step in range(start + 1, run.num_steps + 1):
         state, metrics = p_train(state, next(batches))
         pending.append(metrics)
+        timed_steps += 1
         report(step)
         last = step == run.num_steps or stop.signal is not None
         if step % log_every == 0 or last:
           summary = _mean_finite(pending, step, workdir)
           elapsed, timer = time.perf_counter() - timer, time.perf_counter()
-          summary["train_images_per_sec"] = len(pending) * config.batch_size / elapsed
+          summary["train_images_per_sec"] = timed_steps * config.batch_size / elapsed
+          timed_steps = 0
           writer.write_scalars(step, summary)
           pending = []
         if step % eval_every == 0 or step == run.num_steps:
@@ -174,7 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             result = evaluate(trainer, p_eval, state.replace(batch_stats=stats), builder,
                               run.spec, config.batch_size)
             writer.write_scalars(step, {"precise_bn_" + k: v for k, v in result.items()})
-          timer = time.perf_counter()
+          timer, timed_steps = time.perf_counter(), 0  # the rate leaves evaluation out
         if step % ckpt_every == 0 or last:
           if pending:  # never save parameters that produced a non-finite loss
             _mean_finite(pending, step, workdir)

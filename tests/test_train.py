@@ -6,6 +6,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -427,3 +428,33 @@ def test_precise_bn_evals_during_training_leave_training_unchanged(reference_run
   shutil.copytree(workdir, tmp_path / "copy")
   assert evaluate.evaluate_workdir(str(tmp_path / "copy"), precise_bn_batches=2)[
       "eval_top1_error"] == pytest.approx(final, abs=1e-6)
+
+
+def test_images_per_sec_leaves_evaluation_out(tfds_dir, tmp_path, monkeypatch):
+  """The logged rate is (steps timed) x batch / their time, on a fake clock: each step takes 1 s
+  and each evaluation 100 s, so every log says 16 img/s (batch 16). Counting the steps before
+  an evaluation against the time after it would log 64 at step 4."""
+  clock = types.SimpleNamespace(now=0.0)
+  monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+  compile_steps = train_steps.Trainer.compile_steps
+
+  def timed_compile_steps(self, *args, **kwargs):
+    p_train, p_eval = compile_steps(self, *args, **kwargs)
+
+    def p_train_1s(state, batch):
+      clock.now += 1.0
+      return p_train(state, batch)
+
+    return p_train_1s, p_eval
+
+  evaluate_real = train.evaluate
+
+  def evaluate_100s(*args, **kwargs):
+    clock.now += 100.0
+    return evaluate_real(*args, **kwargs)
+
+  monkeypatch.setattr(train_steps.Trainer, "compile_steps", timed_compile_steps)
+  monkeypatch.setattr(train, "evaluate", evaluate_100s)
+  run = str(tmp_path / "run")
+  train.train_and_evaluate(tiny_config(tfds_dir, log_every_steps=4, eval_every_steps=3), run)
+  assert scalars(run)["train_images_per_sec"] == {4: 16.0, 6: 16.0}
