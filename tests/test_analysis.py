@@ -85,7 +85,13 @@ def test_results_table_and_figures(run, tmp_path, capsys):
   assert row["test_error_precise_bn"] == pytest.approx(
       100 * reference["precise_bn_eval_top1_error"][STEPS])
   results.main(["--workdirs", run, "--out", str(tmp_path), "--name", "t"])
-  assert "| regnet20_gru | 0 |" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "| regnet20_gru | 0 |" in out
+  # 32 steps per epoch (512 training images at batch 16): evaluations at steps 3 and 6.
+  precise = reference["precise_bn_eval_top1_error"]
+  assert out.split("Test error % by epoch:\n")[1].splitlines()[:3] == [
+      "| model, statistics | 0.09 | 0.19 |", "|---|---|---|",
+      f"| regnet20_gru (seed 0), precise BN | {100 * precise[3]:.2f} | {100 * precise[6]:.2f} |"]
   assert json.loads((tmp_path / "results_t.json").read_text())[0]["step"] == STEPS
   assert Image.open(tmp_path / "error_vs_params_t.png").size == (600, 400)
   assert Image.open(tmp_path / "curves_t.png").size == (1000, 400)

@@ -249,6 +249,36 @@ def _series(scalars: Scalars, tag: str) -> np.ndarray:
   return np.array([(s, v) for s, v, _ in scalars.get(tag, [])]).reshape(-1, 2)
 
 
+def _steps_per_epoch(workdir: str, config: Any) -> float:
+  epochs = resident.read_metrics(workdir)  # a resident run knows its epochs
+  if epochs:
+    return epochs[0]["step"] / epochs[0]["epoch"]
+  builder = input_pipeline.get_builder(config.dataset, config.data_dir, download=False)
+  return input_pipeline.steps_per_epoch(builder, datasets.get_spec(config.dataset),
+                                        config.batch_size)
+
+
+def eval_history(workdirs: list[str]) -> str:
+  """Each run's test error (%) at every evaluation, by epoch: with precise BN where the run
+  evaluated that way during training (marked), else with the running averages."""
+  histories = []
+  for workdir in workdirs:
+    config, scalars = checkpoint.read_config(workdir), read_scalars(workdir)
+    precise = _series(scalars, "precise_bn_eval_top1_error")
+    series, kind = ((precise, "precise BN") if len(precise) > 1
+                    else (_series(scalars, "eval_top1_error"), "running"))
+    per_epoch = _steps_per_epoch(workdir, config)
+    histories.append((f"{label(config)} (seed {config.seed}), {kind}",
+                      {round(s / per_epoch, 2): 100 * v for s, v in series}))
+  epochs = sorted({e for _, h in histories for e in h})
+  lines = ["| model, statistics | " + " | ".join(f"{e:g}" for e in epochs) + " |",
+           "|---|" + "---|" * len(epochs)]
+  for name, h in histories:
+    lines.append(f"| {name} | " + " | ".join(f"{h[e]:.2f}" if e in h else "-" for e in epochs)
+                 + " |")
+  return "\n".join(lines)
+
+
 def plot_curves(workdirs: list[str], path: str, title: str) -> None:
   """Training loss and test error against epochs, one line per workdir; a run that also
   evaluated with precise BN during training gets that test error as a dashed line."""
@@ -257,13 +287,7 @@ def plot_curves(workdirs: list[str], path: str, title: str) -> None:
   for workdir in workdirs:
     config = checkpoint.read_config(workdir)
     scalars = read_scalars(workdir)
-    epochs = resident.read_metrics(workdir)  # a resident run knows its epochs
-    if epochs:
-      per_epoch = epochs[0]["step"] / epochs[0]["epoch"]
-    else:
-      builder = input_pipeline.get_builder(config.dataset, config.data_dir, download=False)
-      per_epoch = input_pipeline.steps_per_epoch(
-          builder, datasets.get_spec(config.dataset), config.batch_size)
+    per_epoch = _steps_per_epoch(workdir, config)
     name = f"{label(config)} (seed {config.seed})"
     loss = _series(scalars, "train_loss")
     color = loss_ax.plot(loss[:, 0] / per_epoch, loss[:, 1], label=name)[0].get_color()
@@ -318,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
                        args.title)
   plot_curves(args.workdirs, os.path.join(args.out, f"curves_{args.name}.png"), args.title)
   print(markdown(rows))
+  print("\nTest error % by epoch:\n" + eval_history(args.workdirs))
   seeds = seed_summary(rows)
   if seeds:
     print("\n" + seeds)
