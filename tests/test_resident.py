@@ -111,8 +111,13 @@ def test_scan_equals_one_call_per_step_and_eight_devices_equal_one():
   for devices, scan in ((jax.devices()[:1], True), (jax.devices(), False)):
     p, s, losses = _steps(devices, scan)
     np.testing.assert_allclose(losses, l1, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p, p1)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s, s1)
+    # Two steps with 2 images per device round differently from one device: on a 2-core AMD
+    # EPYC VM parameters differed by up to 1.1e-4 (the stem kernel) and BatchNorm statistics
+    # by up to 4.4e-5 relative, varying from run to run (2026-11-29); on the Intel Xeon VMs of
+    # earlier sessions by less. A sharding error (per-device BatchNorm, gradients
+    # summed instead of averaged) changes the losses checked above by far more.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=3e-4), p, p1)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s, s1)
 
 
 def test_resumed_run_equals_uninterrupted(tmp_path):

@@ -127,7 +127,8 @@ def test_training_on_one_device_equals_eight(reference_run, tfds_dir, tmp_path):
   one = str(tmp_path / "real_lr")
   train.train_and_evaluate(tiny_config(tfds_dir, num_train_steps=2), one, jax.devices()[:1])
   first, ref = scalars(one)["train_loss"], scalars(workdir8)["train_loss"]
-  np.testing.assert_allclose([first[1], first[2]], [ref[1], ref[2]], rtol=1e-4)
+  # Step 2 differed by 2.4e-4 (relative) on a 2-core AMD EPYC VM, by less on Intel Xeon VMs.
+  np.testing.assert_allclose([first[1], first[2]], [ref[1], ref[2]], rtol=1e-3)
 
 
 def test_resumed_equals_uninterrupted(reference_run, tfds_dir, tmp_path):
