@@ -92,9 +92,36 @@ def test_results_table_and_figures(run, tmp_path, capsys):
   assert out.split("Test error % by epoch:\n")[1].splitlines()[:3] == [
       "| model, statistics | 0.09 | 0.19 |", "|---|---|---|",
       f"| regnet20_gru (seed 0), precise BN | {100 * precise[3]:.2f} | {100 * precise[6]:.2f} |"]
-  assert json.loads((tmp_path / "results_t.json").read_text())[0]["step"] == STEPS
+  saved = json.loads((tmp_path / "results_t.json").read_text())
+  assert saved[0]["step"] == STEPS
+  assert saved[0]["history"]["precise_bn_test_error"] == [
+      [pytest.approx(s / 32), pytest.approx(100 * e)] for s, e in sorted(precise.items())]
+  assert [s for s, _ in saved[0]["history"]["train_loss"]] == pytest.approx(
+      [s / 32 for s in sorted(reference["train_loss"])])
   assert Image.open(tmp_path / "error_vs_params_t.png").size == (600, 400)
   assert Image.open(tmp_path / "curves_t.png").size == (1000, 400)
+  # The JSON alone redraws everything once the workdir is gone; re-adding the workdir
+  # replaces its row instead of duplicating it.
+  for extra in ([], ["--workdirs", run]):
+    (tmp_path / "curves_t.png").unlink()
+    results.main(["--keep", str(tmp_path / "results_t.json"), *extra, "--out", str(tmp_path),
+                  "--name", "t"])
+    assert capsys.readouterr().out == out
+    assert json.loads((tmp_path / "results_t.json").read_text()) == saved
+    assert Image.open(tmp_path / "curves_t.png").size == (1000, 400)
+  with pytest.raises(SystemExit, match=r"error: .*No such file"):
+    results.main(["--keep", str(tmp_path / "missing.json"), "--out", str(tmp_path)])
+
+
+def test_merge_replaces_rows_of_the_same_model_seed_and_protocol():
+  def row(label, seed, error, epochs=10.0):
+    return {"label": label, "seed": seed, "test_error": error, "dataset": "cifar10",
+            "epochs": epochs, "batch_size": 128, "schedule": "cosine"}
+
+  kept = [row("resnet20", 0, 18.0), row("regnet20_gru", 0, 18.7), row("resnet20", 0, 22.6, 5.0)]
+  new = [row("regnet20_gru", 0, 17.9), row("regnet20_gru", 1, 18.2)]
+  assert results.merge(kept, new) == [row("resnet20", 0, 18.0), row("regnet20_gru", 0, 17.9),
+                                      row("resnet20", 0, 22.6, 5.0), row("regnet20_gru", 1, 18.2)]
 
 
 def test_labels_name_the_table_variants():

@@ -4,7 +4,14 @@ trained workdirs (their config.json and TensorBoard event files).
     python -m regnet_jax.analysis.results --workdirs DIR [DIR ...] --out docs/ --name reduced
 
 writes ``OUT/results_NAME.json``, ``OUT/error_vs_params_NAME.png`` and
-``OUT/curves_NAME.png``, and prints the Markdown table (paper error beside ours).
+``OUT/curves_NAME.png``, and prints the Markdown table (paper error beside ours). Each row of
+the JSON carries its run's curves, so the JSON is the record that outlives the workdirs:
+
+    python -m regnet_jax.analysis.results --keep docs/results_reduced.json \
+        --workdirs NEW_DIR [...] --out docs/ --name reduced
+
+redraws everything from the kept rows plus the new workdirs (a workdir replaces the kept row
+of the same model, seed and protocol).
 
     python -m regnet_jax.analysis.results --compare docs/results_A.json docs/results_B.json
 
@@ -123,6 +130,11 @@ def summarize(workdir: str) -> dict[str, Any]:
   step, error, _ = scalars["eval_top1_error"][-1]
   precise = [e for s, e, _ in scalars.get("precise_bn_eval_top1_error", []) if s == step]
   name = label(config)
+  per_epoch = _steps_per_epoch(workdir, config)
+
+  def by_epoch(tag: str, scale: float) -> list[list[float]]:
+    return [[s / per_epoch, scale * v] for s, v, _ in scalars.get(tag, [])]
+
   return {
       "workdir": workdir, "label": name, "model": config.model, "dataset": config.dataset,
       "seed": config.seed, "epochs": config.num_epochs, "batch_size": config.batch_size,
@@ -134,7 +146,25 @@ def summarize(workdir: str) -> dict[str, Any]:
       "macs": summary.count_macs(model, spec.image_size),
       "train_img_s": statistics.median(speeds) if speeds else None,
       "hours": training_hours(workdir),
+      # The curves, by epoch: [[epoch, value], ...]; errors in %.
+      "history": {"train_loss": by_epoch("train_loss", 1.0),
+                  "test_error": by_epoch("eval_top1_error", 100.0),
+                  "precise_bn_test_error": by_epoch("precise_bn_eval_top1_error", 100.0)},
   }
+
+
+def _protocol_key(row: dict[str, Any]) -> tuple:
+  return (row["dataset"], row["epochs"], row["batch_size"], row["schedule"], row["label"],
+          row["seed"])
+
+
+def merge(kept: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The kept rows (an earlier ``results_NAME.json``) with the new ones: a new row replaces
+  the kept row of the same model, seed and protocol, else it is appended."""
+  rows = {_protocol_key(r): r for r in kept}
+  for r in new:
+    rows[_protocol_key(r)] = r
+  return list(rows.values())
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -244,11 +274,6 @@ def plot_error_vs_params(rows: list[dict[str, Any]], path: str, title: str) -> N
   plt.close(fig)
 
 
-def _series(scalars: Scalars, tag: str) -> np.ndarray:
-  """``[[step, value], ...]`` of one tag (shape ``[n, 2]``, also when n = 0)."""
-  return np.array([(s, v) for s, v, _ in scalars.get(tag, [])]).reshape(-1, 2)
-
-
 def _steps_per_epoch(workdir: str, config: Any) -> float:
   epochs = resident.read_metrics(workdir)  # a resident run knows its epochs
   if epochs:
@@ -258,18 +283,30 @@ def _steps_per_epoch(workdir: str, config: Any) -> float:
                                         config.batch_size)
 
 
-def eval_history(workdirs: list[str]) -> str:
+def _history(row: dict[str, Any], tag: str) -> np.ndarray:
+  """``[[epoch, value], ...]`` of one curve of a row (shape ``[n, 2]``, also when n = 0)."""
+  return np.array(row.get("history", {}).get(tag, []), dtype=float).reshape(-1, 2)
+
+
+def _error_curve(row: dict[str, Any]) -> tuple[np.ndarray, str]:
+  """The row's test error curve with precise BN where the run evaluated that way during
+  training (not only at the end), else with the running averages, and which it is."""
+  precise = _history(row, "precise_bn_test_error")
+  if len(precise) > 1:
+    return precise, "precise BN"
+  return _history(row, "test_error"), "running"
+
+
+def eval_history(rows: list[dict[str, Any]]) -> str:
   """Each run's test error (%) at every evaluation, by epoch: with precise BN where the run
-  evaluated that way during training (marked), else with the running averages."""
+  evaluated that way during training (marked), else with the running averages. Rows without
+  curves (written before they were recorded) are left out."""
   histories = []
-  for workdir in workdirs:
-    config, scalars = checkpoint.read_config(workdir), read_scalars(workdir)
-    precise = _series(scalars, "precise_bn_eval_top1_error")
-    series, kind = ((precise, "precise BN") if len(precise) > 1
-                    else (_series(scalars, "eval_top1_error"), "running"))
-    per_epoch = _steps_per_epoch(workdir, config)
-    histories.append((f"{label(config)} (seed {config.seed}), {kind}",
-                      {round(s / per_epoch, 2): 100 * v for s, v in series}))
+  for r in rows:
+    series, kind = _error_curve(r)
+    if len(series):
+      histories.append((f"{r['label']} (seed {r['seed']}), {kind}",
+                        {round(e, 2): v for e, v in series}))
   epochs = sorted({e for _, h in histories for e in h})
   lines = ["| model, statistics | " + " | ".join(f"{e:g}" for e in epochs) + " |",
            "|---|" + "---|" * len(epochs)]
@@ -279,24 +316,22 @@ def eval_history(workdirs: list[str]) -> str:
   return "\n".join(lines)
 
 
-def plot_curves(workdirs: list[str], path: str, title: str) -> None:
-  """Training loss and test error against epochs, one line per workdir; a run that also
+def plot_curves(rows: list[dict[str, Any]], path: str, title: str) -> None:
+  """Training loss and test error against epochs, one colour per row; a run that also
   evaluated with precise BN during training gets that test error as a dashed line."""
   plt = _pyplot()
   fig, (loss_ax, err_ax) = plt.subplots(1, 2, figsize=(10, 4))
-  for workdir in workdirs:
-    config = checkpoint.read_config(workdir)
-    scalars = read_scalars(workdir)
-    per_epoch = _steps_per_epoch(workdir, config)
-    name = f"{label(config)} (seed {config.seed})"
-    loss = _series(scalars, "train_loss")
-    color = loss_ax.plot(loss[:, 0] / per_epoch, loss[:, 1], label=name)[0].get_color()
-    error = _series(scalars, "eval_top1_error")
-    err_ax.plot(error[:, 0] / per_epoch, 100 * error[:, 1], marker=".", color=color, label=name)
-    precise = _series(scalars, "precise_bn_eval_top1_error")
-    if len(precise) > 1:  # evaluated with precise BN during training, not only at the end
-      err_ax.plot(precise[:, 0] / per_epoch, 100 * precise[:, 1], marker="x", linestyle="--",
-                  color=color, label=name + ", precise BN")
+  for i, r in enumerate(rows):
+    name, color = f"{r['label']} (seed {r['seed']})", f"C{i % 10}"
+    loss, error = _history(r, "train_loss"), _history(r, "test_error")
+    if len(loss):  # rows kept from before curves were recorded may lack some
+      loss_ax.plot(loss[:, 0], loss[:, 1], color=color, label=name)
+    if len(error):
+      err_ax.plot(error[:, 0], error[:, 1], marker=".", color=color, label=name)
+    precise, kind = _error_curve(r)
+    if kind == "precise BN":
+      err_ax.plot(precise[:, 0], precise[:, 1], marker="x", linestyle="--", color=color,
+                  label=name + ", precise BN")
   loss_ax.set_ylabel("training loss")
   err_ax.set_ylabel("test error (%)")
   for ax in (loss_ax, err_ax):
@@ -309,44 +344,50 @@ def plot_curves(workdirs: list[str], path: str, title: str) -> None:
   plt.close(fig)
 
 
+def _load(path: str) -> list[dict[str, Any]]:
+  with open(path) as f:
+    return json.load(f)
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  inputs = parser.add_mutually_exclusive_group(required=True)
-  inputs.add_argument("--workdirs", nargs="+", help="trained workdirs, one table row each")
-  inputs.add_argument("--compare", nargs="+", metavar="JSON",
+  parser.add_argument("--workdirs", nargs="+", default=[], help="trained workdirs, a row each")
+  parser.add_argument("--keep", metavar="JSON",
+                      help="an earlier results_NAME.json whose rows stay in the table")
+  parser.add_argument("--compare", nargs="+", metavar="JSON",
                       help="results_NAME.json files, one protocol each: print them side by side")
   parser.add_argument("--out", help="folder for the JSON and PNG files (with --workdirs)")
   parser.add_argument("--name", default="results", help="suffix of the written files")
   parser.add_argument("--title", default="CIFAR-10 (JPEG q75)", help="title of the figures")
   args = parser.parse_args(argv)
   if args.compare:
+    if args.workdirs or args.keep:
+      parser.error("--compare takes neither --workdirs nor --keep")
     try:
-      tables = []
-      for path in args.compare:
-        with open(path) as f:
-          tables.append(json.load(f))
-      print(protocol_comparison(tables))
+      print(protocol_comparison([_load(path) for path in args.compare]))
     except (ValueError, OSError, KeyError) as e:
       raise SystemExit(f"error: {e}") from None
     return
+  if not (args.workdirs or args.keep):
+    parser.error("give --workdirs, --keep or --compare")
   if not args.out:
-    parser.error("--workdirs needs --out")
+    parser.error("--workdirs and --keep need --out")
   try:
-    rows = [summarize(w) for w in args.workdirs]
-  except (ValueError, FileNotFoundError) as e:
+    kept = _load(args.keep) if args.keep else []
+    rows = merge(kept, [summarize(w) for w in args.workdirs])
+  except (ValueError, OSError, KeyError) as e:
     raise SystemExit(f"error: {e}") from None
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, f"results_{args.name}.json"), "w") as f:
     json.dump(rows, f, indent=2)
   plot_error_vs_params(rows, os.path.join(args.out, f"error_vs_params_{args.name}.png"),
                        args.title)
-  plot_curves(args.workdirs, os.path.join(args.out, f"curves_{args.name}.png"), args.title)
+  plot_curves(rows, os.path.join(args.out, f"curves_{args.name}.png"), args.title)
   print(markdown(rows))
-  print("\nTest error % by epoch:\n" + eval_history(args.workdirs))
+  print("\nTest error % by epoch:\n" + eval_history(rows))
   seeds = seed_summary(rows)
   if seeds:
     print("\n" + seeds)
-
 
 if __name__ == "__main__":
   main()
