@@ -231,6 +231,9 @@ def train_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_b
   steps = steps_per_epoch(builder, spec, global_batch)
   index, count = jax.process_index(), jax.process_count()
   epoch, skip = divmod(start_step, steps)
+  # Bound now: a generator closed at interpreter exit, when the module global `tf` may already
+  # be None, still evaluates this clause.
+  op_error = tf.errors.OpError
   while True:
     ds = _epoch_order(builder, spec, steps * global_batch, seed, epoch, shuffle_buffer)
     ds = ds.skip(skip * global_batch)
@@ -249,7 +252,7 @@ def train_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_b
         yield next(it)
       except StopIteration:
         break
-      except tf.errors.OpError as e:
+      except op_error as e:
         bad = undecodable(builder, spec, global_batch, seed, step, shuffle_buffer)
         names = ", ".join(bad) or "unknown"
         raise BadImageError(

@@ -3,7 +3,10 @@ resumption, evaluation coverage, and the missing-dataset error."""
 
 import io
 import itertools
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -45,6 +48,19 @@ def test_train_batches_shapes_and_normalisation(tfds_dir):
   test = next(ip.eval_batches(builder, CIFAR, 200))["image"]
   np.testing.assert_allclose(test.mean(axis=(0, 1, 2)), 0.0, atol=0.1)
   np.testing.assert_allclose(test.std(axis=(0, 1, 2)), 1.0, atol=0.1)
+
+
+def test_a_generator_left_open_exits_quietly(tfds_dir):
+  """A process that stops reading its training batches (evaluate.py, a benchmark) exits
+  without "Exception ignored in: <generator ...>" from the generator's shutdown."""
+  code = ("from regnet_jax import datasets, input_pipeline as ip\n"
+          f"it = ip.train_batches(ip.get_builder('cifar10', {tfds_dir!r}), "
+          "datasets.get_spec('cifar10'), 16, seed=0)\n"
+          "print(next(it)['image'].shape)\n")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert done.returncode == 0 and done.stdout.strip() == "(16, 32, 32, 3)", done.stderr
+  assert "Exception ignored" not in done.stderr, done.stderr
 
 
 def _take(it, n):
