@@ -153,7 +153,9 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
   assert row["test_error"] == pytest.approx(100 * rows_b[-1]["eval_top1_error"])
   assert row["hours"] == pytest.approx(sum(r["wall_seconds"] for r in rows_b) / 3600)  # 1 + 1
   assert len({r["run_started"] for r in rows_b}) == 2
-  results.plot_curves([str(tmp_path / "b")], str(tmp_path / "curves.png"), "t")
+  assert row["history"]["test_error"] == [
+      [r["epoch"], pytest.approx(100 * r["eval_top1_error"])] for r in rows_b]
+  results.plot_curves([row], str(tmp_path / "curves.png"), "t")
   assert (tmp_path / "curves.png").stat().st_size > 0
 
 
