@@ -41,11 +41,11 @@ def load_from_workdir(workdir: str, step: int | None = None
 
 def recompute_batch_stats(trainer: train_steps.Trainer, model: Any, variables: dict[str, Any],
                           config: ml_collections.ConfigDict, num_batches: int) -> Any:
-  """Precise BN for a run's model (:func:`train.precise_bn`) over ``num_batches`` of the run's
+  """Precise BN for a run's model (:func:`train_steps.precise_bn`) over ``num_batches`` of the run's
   own training batches (:func:`train.precise_bn_batches`)."""
   spec = datasets.get_spec(config.dataset)
   builder = input_pipeline.get_builder(config.dataset, config.data_dir)
-  return train.precise_bn(trainer, model)(
+  return train_steps.precise_bn(trainer, model)(
       variables, train.precise_bn_batches(builder, spec, config), num_batches)
 
 

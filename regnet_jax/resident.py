@@ -9,7 +9,9 @@ each epoch is one jitted ``lax.scan`` over its steps (one call per step on CPUs)
 the augmentation of ``input_pipeline.cifar_train`` (4-pixel zero padding, random 32x32 crop,
 random horizontal flip), normalisation, and the same
 :func:`regnet_jax.train_steps.train_step` as ``main.py``.
-The test split is evaluated after every epoch in one jitted call.
+The test split is evaluated after every epoch in one jitted call; with
+``config.eval_precise_bn_batches = N`` also with BatchNorm statistics recomputed over the run's
+first N training batches (epoch 1's order and augmentation), logged as ``precise_bn_eval_*``.
 
 The workdir is ``main.py``'s: ``config.json`` and orbax checkpoints (one per epoch; a rerun of
 the same command resumes, and epoch ``e``'s order and augmentation depend only on ``(seed,
@@ -31,7 +33,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -106,6 +108,16 @@ def normalize(images: jax.Array, spec: datasets.DatasetSpec) -> jax.Array:
   return (images.astype(jnp.float32) - jnp.asarray(spec.mean)) / jnp.asarray(spec.std)
 
 
+def train_batch(images: jax.Array, idx: jax.Array, key: jax.Array,
+                spec: datasets.DatasetSpec) -> jax.Array:
+  """The training batch of examples ``idx [B]`` of ``images [N, 32, 32, 3] uint8``, augmented
+  with ``key`` and normalised: ``[B, 32, 32, 3]`` float32."""
+  return normalize(augment(images[idx], key), spec)
+
+
+_jitted_batch = jax.jit(train_batch, static_argnums=3)
+
+
 def epoch_order(seed: int, epoch: int, num_examples: int, steps: int, batch: int
                 ) -> tuple[jax.Array, jax.Array]:
   """Epoch ``epoch``'s example indices ``[steps, batch]`` (a permutation, remainder dropped)
@@ -126,7 +138,7 @@ def make_steps_fn(trainer: train_steps.Trainer, spec: datasets.DatasetSpec, step
   On XLA:CPU a train step inside a scan runs ~25x slower than the same step jitted alone
   (measured 2026-11-28, jax 0.10.2, even for one step), so CPUs take one step per call."""
   def one_step(state, images, labels, idx, key):
-    batch = {"image": normalize(augment(images[idx], key), spec), "label": labels[idx]}
+    batch = {"image": train_batch(images, idx, key, spec), "label": labels[idx]}
     return step_fn(state, jax.lax.with_sharding_constraint(batch, trainer.data_sharding))
 
   def steps(state, images, labels, order, keys):
@@ -151,6 +163,17 @@ def run_epoch(run: Callable, state: train_steps.TrainState, images: jax.Array,
     metrics.append(m)
   metrics = jax.device_get(metrics)
   return state, {k: np.concatenate([m[k] for m in metrics]) for k in metrics[0]}
+
+
+def precise_bn_batches(spec: datasets.DatasetSpec, images: jax.Array, seed: int,
+                       steps_per_epoch: int, batch: int, num_batches: int
+                       ) -> Iterator[dict[str, np.ndarray]]:
+  """The batches precise BN averages over (:func:`train_steps.precise_bn`): the run's first
+  ``num_batches`` training batches, epoch 1's order and augmentation, ``{'image': [batch, 32,
+  32, 3] float32}`` each; the same ones at every evaluation of a run."""
+  order, keys = epoch_order(seed, 0, images.shape[0], steps_per_epoch, batch)
+  for i in range(min(num_batches, steps_per_epoch)):
+    yield {"image": np.asarray(_jitted_batch(images, order[i], keys[i], spec))}
 
 
 def make_eval_fn(trainer: train_steps.Trainer, spec: datasets.DatasetSpec, batch: int
@@ -254,6 +277,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_fn = make_eval_fn(trainer, spec, eval_batch)
   images, labels = trainer.replicate((train_images, train_labels))
   test = trainer.replicate(arrays["test"])
+  precise = config.eval_precise_bn_batches
+  if precise < 0:
+    raise ValueError(f"eval_precise_bn_batches must be >= 0 (0: off), got {precise!r}")
+  recompute = train_steps.precise_bn(trainer, model) if precise > 0 else None
+  first_batches = functools.partial(precise_bn_batches, spec, images, config.seed,
+                                    steps_per_epoch, config.batch_size, precise)
+
+  def evaluate(state: train_steps.TrainState) -> dict[str, float]:
+    result = train_steps.eval_summary(jax.device_get(eval_fn(state, *test)))
+    if recompute is not None:  # the same weights, BN statistics recomputed
+      stats = recompute({"params": state.params, "batch_stats": state.batch_stats},
+                        first_batches(), precise)
+      again = jax.device_get(eval_fn(state.replace(batch_stats=stats), *test))
+      result |= {"precise_bn_" + k: v for k, v in train_steps.eval_summary(again).items()}
+    return result
 
   epoch_seconds = None
   for epoch in range(int(state.step) // steps_per_epoch, num_epochs):
@@ -279,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     row = {"epoch": epoch + 1, "step": int(state.step), "train_loss": loss,
            "train_accuracy": float(np.mean(metrics["train_accuracy"])),
            "learning_rate": float(metrics["learning_rate"][-1]),
-           **train_steps.eval_summary(jax.device_get(eval_fn(state, *test))),
+           **evaluate(state),
            "train_images_per_sec": steps * config.batch_size / train_seconds,
            "epoch_seconds": time.perf_counter() - timer,
            "wall_seconds": time.perf_counter() - start_time, "run_started": run_started}

@@ -7,7 +7,6 @@ The train state and the data-parallel train/eval steps it runs are in
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import signal
@@ -55,35 +54,6 @@ def evaluate(trainer: train_steps.Trainer, p_eval: Callable, state: train_steps.
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
   return {**train_steps.eval_summary(sums), "eval_examples": float(sums["count"])}
-
-
-PreciseBN = Callable[[dict[str, Any], Iterator[dict[str, np.ndarray]], int], Any]
-
-
-def precise_bn(trainer: train_steps.Trainer, model: models._Network) -> PreciseBN:
-  """``recompute(variables, batches, num_batches) -> batch_stats``: BatchNorm statistics
-  recomputed for the current weights ("precise BN", as in pycls), every BN layer's mean and
-  variance averaged over ``num_batches`` training batches, in place of the running averages,
-  which lag behind weights that change fast. Compiled once, however often it is called."""
-  per_batch = model.clone(bn_momentum=0.0)  # the "running" update is then the batch's own
-
-  @functools.partial(jax.jit, in_shardings=(trainer.replicated, trainer.data_sharding),
-                     out_shardings=trainer.replicated)
-  def stats(variables, images):
-    _, updates = per_batch.apply(variables, images, train=True, mutable=["batch_stats"])
-    return updates["batch_stats"]
-
-  def recompute(variables: dict[str, Any], batches: Iterator[dict[str, np.ndarray]],
-                num_batches: int) -> Any:
-    total, count = None, 0
-    for _, batch in zip(range(num_batches), batches, strict=False):
-      s = stats(variables, trainer.shard({"image": batch["image"]})["image"])
-      total, count = (s if total is None else jax.tree.map(jnp.add, total, s)), count + 1
-    if not count:
-      raise ValueError("precise BN needs at least one training batch")
-    return jax.tree.map(lambda t: t / count, total)
-
-  return recompute
 
 
 def precise_bn_batches(builder: Any, spec: datasets.DatasetSpec,
@@ -138,7 +108,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if start == 0:
     writer.write_hparams(_flat_hparams(config))
   p_train, p_eval = trainer.compile_steps(config, schedule)
-  recompute = precise_bn(trainer, run.model) if config.eval_precise_bn_batches > 0 else None
+  recompute = (train_steps.precise_bn(trainer, run.model) if config.eval_precise_bn_batches > 0
+               else None)
   every = lambda n: n if n > 0 else run.steps_per_epoch
   log_every, eval_every, ckpt_every = (every(config.log_every_steps),
                                        every(config.eval_every_steps),

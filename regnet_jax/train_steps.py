@@ -175,3 +175,32 @@ class Trainer:
     p_eval = jax.jit(eval_step, in_shardings=(self.replicated, self.data_sharding),
                      out_shardings=self.replicated)
     return p_train, p_eval
+
+
+PreciseBN = Callable[[dict[str, Any], Iterator[dict[str, np.ndarray]], int], Any]
+
+
+def precise_bn(trainer: Trainer, model: models._Network) -> PreciseBN:
+  """``recompute(variables, batches, num_batches) -> batch_stats``: BatchNorm statistics
+  recomputed for the current weights ("precise BN", as in pycls), every BN layer's mean and
+  variance averaged over ``num_batches`` training batches, in place of the running averages,
+  which lag behind weights that change fast. Compiled once, however often it is called."""
+  per_batch = model.clone(bn_momentum=0.0)  # the "running" update is then the batch's own
+
+  @functools.partial(jax.jit, in_shardings=(trainer.replicated, trainer.data_sharding),
+                     out_shardings=trainer.replicated)
+  def stats(variables, images):
+    _, updates = per_batch.apply(variables, images, train=True, mutable=["batch_stats"])
+    return updates["batch_stats"]
+
+  def recompute(variables: dict[str, Any], batches: Iterator[dict[str, np.ndarray]],
+                num_batches: int) -> Any:
+    total, count = None, 0
+    for _, batch in zip(range(num_batches), batches, strict=False):
+      s = stats(variables, trainer.shard({"image": batch["image"]})["image"])
+      total, count = (s if total is None else jax.tree.map(jnp.add, total, s)), count + 1
+    if not count:
+      raise ValueError("precise BN needs at least one training batch")
+    return jax.tree.map(lambda t: t / count, total)
+
+  return recompute

@@ -159,6 +159,38 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
   assert (tmp_path / "curves.png").stat().st_size > 0
 
 
+def test_precise_bn_evals_leave_training_unchanged(tmp_path):
+  """``eval_precise_bn_batches`` adds a precise-BN evaluation to every epoch: the trained
+  weights are bit-identical to a run without it, and the logged error is the test error with
+  every BN layer's statistics averaged over the run's first two training batches (epoch 1's
+  order and augmentation), recomputed here."""
+  arrays, config = tiny_arrays(), tiny_config(eval_precise_bn_batches=2)
+  plain = resident.train_and_evaluate(tiny_config(), str(tmp_path / "a"), arrays, eval_batch=8)
+  state = resident.train_and_evaluate(config, str(tmp_path / "b"), arrays, eval_batch=8)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
+               jax.device_get(plain.params))
+  rows = resident.read_metrics(str(tmp_path / "b"))
+  assert not any(k.startswith("precise_bn_") for k in resident.read_metrics(
+      str(tmp_path / "a"))[-1])
+  images, labels = arrays["train"]
+  order, keys = resident.epoch_order(config.seed, 0, len(labels), 4, 16)
+  model = train_steps.build_model(config, 10).clone(bn_momentum=0.0)  # stats of the batch
+  variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+  stats = [model.apply(variables, resident.train_batch(images, order[i], keys[i], CIFAR),
+                       train=True, mutable=["batch_stats"])[1]["batch_stats"] for i in (0, 1)]
+  variables["batch_stats"] = jax.tree.map(lambda a, b: (a + b) / 2, *stats)
+  test_images, test_labels = arrays["test"]
+  logits = model.apply(variables, resident.normalize(test_images, CIFAR), train=False)
+  error = 1.0 - float(np.mean(np.argmax(logits, -1) == test_labels))
+  loss = float(np.mean(train_steps.cross_entropy(logits, test_labels, 10)))
+  assert rows[-1]["precise_bn_eval_top1_error"] == pytest.approx(error, abs=1e-6)
+  assert rows[-1]["precise_bn_eval_loss"] == pytest.approx(loss, rel=1e-5)
+  assert rows[-1]["precise_bn_eval_loss"] != pytest.approx(rows[-1]["eval_loss"], rel=1e-3)
+  with pytest.raises(ValueError, match="eval_precise_bn_batches must be >= 0"):
+    resident.train_and_evaluate(tiny_config(eval_precise_bn_batches=-1), str(tmp_path / "c"),
+                                arrays)
+
+
 def test_events_written_from_metrics(tmp_path):
   from regnet_jax.analysis import results
 

@@ -383,7 +383,7 @@ def test_precise_bn_is_the_mean_of_batch_statistics():
   rng = np.random.RandomState(0)
   batches = [{"image": rng.randn(4, 32, 32, 3).astype(np.float32) + i} for i in range(2)]
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  recompute = train.precise_bn(trainer, model)
+  recompute = train_steps.precise_bn(trainer, model)
   stats = jax.device_get(recompute(variables, iter(batches), 5))  # only 2 batches come
   kernel = np.asarray(state.params["stem_conv"]["kernel"], np.float64)
   moments = []
