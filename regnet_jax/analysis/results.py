@@ -153,9 +153,13 @@ def summarize(workdir: str) -> dict[str, Any]:
   }
 
 
+def _protocol(row: dict[str, Any]) -> tuple:
+  """What a table's rows must share to be compared: dataset, epochs, batch size, schedule."""
+  return row["dataset"], row["epochs"], row["batch_size"], row["schedule"]
+
+
 def _protocol_key(row: dict[str, Any]) -> tuple:
-  return (row["dataset"], row["epochs"], row["batch_size"], row["schedule"], row["label"],
-          row["seed"])
+  return (*_protocol(row), row["label"], row["seed"])
 
 
 def merge(kept: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -211,7 +215,7 @@ def protocol_comparison(tables: list[list[dict[str, Any]]]) -> str:
   protocol, beside the paper's error and difference."""
   heads, means, datasets_seen = [], [], set()
   for rows in tables:
-    protocols = {(r["dataset"], r["epochs"], r["batch_size"], r["schedule"]) for r in rows}
+    protocols = {_protocol(r) for r in rows}
     if len(protocols) != 1:
       raise ValueError(f"a table mixes protocols {sorted(protocols)}; compare one per table")
     dataset, epochs, _, _ = protocols.pop()
