@@ -284,9 +284,10 @@ def test_float32_gradients_equal_float64():
   """The whole network's train-mode gradient as training computes it (float32: the C++ cell
   kernels and convolution kernel gradients on CPU, XLA's fused code) against float64 (pure
   XLA): an independent check of every custom gradient and of how XLA:CPU compiles the network
-  (jaxlib 0.10.2's YNNPACK fusions miscompile some reductions, jax-ml/jax#39103). Worst layer
-  measured 1.3e-5 (RegNet-20 ConvLSTM); 1% wrong in any layer fails. Not the ConvGRU: at
-  init its gradient is ill-conditioned (parameters moved by 1e-7 in float64 move it 0.7%)."""
+  (jaxlib 0.10.2's YNNPACK fusions miscompile some reductions, jax-ml/jax#39103). At depth 20
+  the worst layer is 1.3e-5 (benchmarks/float64_check.py); 1% wrong in any layer fails. Not
+  the ConvGRU: at init its gradient is ill-conditioned (parameters moved by 1e-7 in float64
+  move it ~1%)."""
   model = functools.partial(models.create_model, "regnet20_lstm", 10, depth=14)
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3)))
   labels = np.array([0, 3, 7, 9])
