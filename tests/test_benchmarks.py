@@ -1,5 +1,6 @@
 """The benchmark harness runs and reports sane fields (numbers are never asserted)."""
 
+import numpy as np
 import pytest
 
 from benchmarks import throughput
@@ -74,3 +75,15 @@ def test_profile_rows_sum_the_traced_kernels(by):
     assert all(r["shape_and_source"].startswith(("f32[", "(")) for r in top)
   else:
     assert not any(r[by][-1].isdigit() for r in top)
+
+
+def test_float64_check_measures():
+  from benchmarks import float64_check
+
+  want = {"['a']": np.array([3.0, 4.0]), "['proj_conv']['bias']": np.array([1e-12])}
+  got = {"['a']": np.array([3.0, 4.5]), "['proj_conv']['bias']": np.array([1.0])}
+  assert float64_check.relative_errors(got, want) == [0.1]  # 0.5 / 5; the bias is left out
+  params = {"k": np.full((1000,), 2.0, np.float32)}
+  moved = float64_check.perturbed(params, 1e-3)["k"]
+  assert moved.dtype == np.float64
+  assert np.std(moved / 2 - 1) == pytest.approx(1e-3, rel=0.1)
