@@ -2,15 +2,19 @@
 
     python -m benchmarks.profile --models resnet20 --top 15
     python -m benchmarks.profile --models regnet20_gru --variants conv_grad=lax --by kind
+    python -m benchmarks.profile --models resnet20 regnet20_gru --by part
 
 Traces ``--steps`` train steps (after warm-up) of the same synthetic-batch step as
 ``benchmarks/throughput.py`` with ``jax.profiler``, and sums the durations of the executable's
 kernels (one trace event per HLO instruction that runs: fusions, convolutions, copies). Rows are
 milliseconds per step, either per kernel (``--by kernel``, with its output shape and the source
-operation XLA recorded for it) or per kind of kernel (``--by kind``: the name without its
-number, e.g. every ``transpose_copy_fusion``). On a CPU the thunk executor runs independent
-kernels on several threads at once, so the kernels' sum (the ``(all kernels)`` row) can
-exceed the step's wall time (``wall_ms_per_step``); shares are of the sum.
+operation XLA recorded for it), per kind of kernel (``--by kind``: the name without its number,
+e.g. every ``transpose_copy_fusion``) or per part of the network (``--by part``: the
+regulator's cell, its BatchNorm and ReLU of H, the fusion of ``[X, H]`` by the 1x1 convolution,
+and the rest, i.e. what a ResNet has too; from the source operation of each kernel). On a CPU
+the thunk executor runs independent kernels on several threads at once, so the kernels' sum
+(the ``(all kernels)`` row) can exceed the step's wall time (``wall_ms_per_step``); shares are
+of the sum.
 """
 
 from __future__ import annotations
@@ -40,6 +44,23 @@ def _instruction_info(hlo_text: str) -> dict[str, str]:
       op = re.search(r'op_name="([^"]*)"', line)
       info.setdefault(match.group(1), f"{match.group(2)}  {op.group(1) if op else ''}".strip())
   return info
+
+
+# The parts of a regulated network (``--by part``): the first with a pattern found in a kernel's
+# source operation (the Flax module path XLA records) names it; the rest is the plain ResNet.
+PARTS = (
+    ("regulator: cell", ("ConvCell/",)),
+    ("regulator: BN and ReLU of H", ("regulator/",)),
+    ("regulator: fusion (concat [X, H], 1x1 conv, BN, ReLU)",
+     ("conv_fuse/", "bn_fuse/", r"/block\w*/concatenate")),  # not a stage's (the scan's)
+)
+REST = "the rest (what a ResNet has too)"
+
+
+def part_of(source: str) -> str:
+  """The part of the network (:data:`PARTS`, else :data:`REST`) a kernel's source belongs to."""
+  op = source.split("  ", 1)[-1]
+  return next((name for name, patterns in PARTS if any(re.search(p, op) for p in patterns)), REST)
 
 
 def kernel_times(trace_dir: str) -> dict[str, list[float]]:
@@ -75,7 +96,10 @@ def profile_model(name: str, overrides: dict, batch_size: int, steps: int, warmu
     times = kernel_times(trace_dir)
   groups = collections.defaultdict(lambda: [0.0, 0])
   for op, durations in times.items():
-    key = re.sub(r"\.\d+$", "", op) if by == "kind" else op
+    if by == "kind":
+      key = re.sub(r"\.\d+$", "", op)
+    else:
+      key = part_of(info.get(op, "")) if by == "part" else op
     groups[key][0] += sum(durations) / steps
     groups[key][1] += len(durations) / steps
   total = sum(ms for ms, _ in groups.values())
@@ -96,7 +120,7 @@ def main() -> None:
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--warmup", type=int, default=2)
-  parser.add_argument("--by", choices=("kernel", "kind"), default="kind")
+  parser.add_argument("--by", choices=("kernel", "kind", "part"), default="kind")
   parser.add_argument("--top", type=int, default=12)
   parser.add_argument("--json", default=None, help="also write the rows to this file")
   args = parser.parse_args()

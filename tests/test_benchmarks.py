@@ -77,6 +77,28 @@ def test_profile_rows_sum_the_traced_kernels(by):
     assert not any(r[by][-1].isdigit() for r in top)
 
 
+def test_profile_parts_of_a_regulated_network():
+  from benchmarks import profile
+
+  cell, bn, fusion = (name for name, _ in profile.PARTS)
+  scope = "f32[4,8,8,16]{3,2,1,0}  jit(train_step)/transpose(jvp(CifarResNet))/CifarResNet.stages/"
+  regulator = "stage2/closed_call/blocks/blocks.regulate/regulator/"
+  assert profile.part_of(scope + regulator + "ConvCell/zr/ffi_call") == cell
+  assert profile.part_of(scope + regulator + "bn_h/sub") == bn
+  assert profile.part_of("blocks/bn_fuse/reduce_sum") == fusion  # XLA truncates some sources
+  assert profile.part_of(scope + "stage1/block0/conv_fuse/ffi_call") == fusion
+  assert profile.part_of(scope + "stage3/closed_call/blocks/concatenate") == fusion
+  assert profile.part_of(scope + "stage3/concatenate") == profile.REST  # the scan's stacking
+  assert profile.part_of(scope + "stage1/block0/conv1/ffi_call") == profile.REST
+  assert profile.part_of("") == profile.REST
+  for name, parts in (("regnet20_gru", {cell, bn, fusion, profile.REST}),
+                      ("resnet20", {profile.REST})):
+    *rows, total = profile.profile_model(name, {"depth": 8}, batch_size=4, steps=1, warmup=1,
+                                          by="part", top=10)
+    assert {r["part"] for r in rows} == parts
+    assert sum(r["ms_per_step"] for r in rows) == pytest.approx(total["ms_per_step"])
+
+
 def test_float64_check_measures():
   from benchmarks import float64_check
 
