@@ -44,6 +44,32 @@ struct Shape {
 template <bool ToPairs, typename A, typename P>
 void ConcatPairs(const Shape& s, A* a, A* b, P* p, P* q) {
   const int64_t N = s.N, half = N / 2, odd = N % 2;
+  if (N % 16 == 0) {
+    // p, q are the even and odd channels of concat([a, b]): 16 pairs at a time, two vectors of
+    // the concatenation (each inside a or b) against one of p and one of q.
+    using V = Vec<16>;
+    for (int64_t x = 0; x < s.W; ++x) {
+      A *ax = a + x * N, *bx = b + x * N;
+      P *px = p + x * N, *qx = q + x * N;
+      auto cat = [&](int64_t i) { return i < N ? ax + i : bx + (i - N); };
+      for (int64_t k = 0; k < N; k += 16) {
+        if constexpr (ToPairs) {
+          const V::T lo = V::Load(cat(2 * k)), hi = V::Load(cat(2 * k + 16));
+          V::Store(px + k, __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20,
+                                                   22, 24, 26, 28, 30));
+          V::Store(qx + k, __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21,
+                                                   23, 25, 27, 29, 31));
+        } else {
+          const V::T pk = V::Load(px + k), qk = V::Load(qx + k);
+          V::Store(cat(2 * k), __builtin_shufflevector(pk, qk, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20,
+                                                       5, 21, 6, 22, 7, 23));
+          V::Store(cat(2 * k + 16), __builtin_shufflevector(pk, qk, 8, 24, 9, 25, 10, 26, 11, 27,
+                                                            12, 28, 13, 29, 14, 30, 15, 31));
+        }
+      }
+    }
+    return;
+  }
   auto move = [](auto& member, auto& channel) {
     if constexpr (ToPairs) member = channel; else channel = member;
   };
@@ -84,6 +110,15 @@ void UnpairRow(const Shape& s, const float* dp, const float* dq, float* da, floa
   std::memcpy(db, dq, sizeof(float) * s.W * s.N);
 }
 
+// Calls fn.template operator()<Lanes>(c) for channel blocks c of 16, then 8, then single ones.
+template <typename F>
+void ForChannelBlocks(int64_t C, F&& fn) {
+  int64_t c = 0;
+  for (; c + 16 <= C; c += 16) fn.template operator()<16>(c);
+  for (; c + 8 <= C; c += 8) fn.template operator()<8>(c);
+  for (; c < C; ++c) fn.template operator()<1>(c);
+}
+
 // Pair mix of input row r of one image's a, b [H, W, N] into dst[(W + 2) * C] (zero columns
 // at both ends; zeros if r is outside the image):
 // dst[x + 1][g * N + n] = w0[g*N+n] * p[r, x, n] + w1[g*N+n] * q[r, x, n]; buf as PairRow's.
@@ -98,25 +133,14 @@ void MixRow(const Shape& s, const float* a, const float* b, const float* w0, con
   std::memset(dst + (s.W + 1) * C, 0, sizeof(float) * C);
   auto [p, q] = PairRow(s, a + r * s.W * N, b + r * s.W * N, buf);
   for (int64_t x = 0; x < s.W; ++x) {
-    const float* __restrict pr = p + x * N;
-    const float* __restrict qr = q + x * N;
-    float* __restrict d = dst + (x + 1) * C;
-    for (int64_t g = 0; g < C / N; ++g) {
-      const float* __restrict a = w0 + g * N;
-      const float* __restrict b = w1 + g * N;
-      float* __restrict dg = d + g * N;
-      for (int64_t n = 0; n < N; ++n) dg[n] = a[n] * pr[n] + b[n] * qr[n];
-    }
+    float* d = dst + (x + 1) * C;
+    ForChannelBlocks(N, [&]<int L>(int64_t n) {
+      using V = Vec<L>;
+      const typename V::T pn = V::Load(p + x * N + n), qn = V::Load(q + x * N + n);
+      for (int64_t gn = n; gn < C; gn += N)
+        V::Store(d + gn, V::Load(w0 + gn) * pn + V::Load(w1 + gn) * qn);
+    });
   }
-}
-
-// Calls fn.template operator()<Lanes>(c) for channel blocks c of 16, then 8, then single ones.
-template <typename F>
-void ForChannelBlocks(int64_t C, F&& fn) {
-  int64_t c = 0;
-  for (; c + 16 <= C; c += 16) fn.template operator()<16>(c);
-  for (; c + 8 <= C; c += 8) fn.template operator()<8>(c);
-  for (; c < C; ++c) fn.template operator()<1>(c);
 }
 
 // Calls fn(i, h, rows) for every row h of thread t's images i (i = t, t + threads, ...), where
@@ -225,7 +249,7 @@ template <typename ImageDy>
 ffi::Error GateBackward(const Shape& s, F32Buffer a, F32Buffer b, F32Buffer w, F32Buffer k,
                         ImageDy image_dy, F32Result da, F32Result db, F32Result dw,
                         F32Result dk, F32Result dbias) {
-  const int64_t C = s.C, W = s.W, N = s.N, G = C / N;
+  const int64_t C = s.C, W = s.W, N = s.N;
   const float* w0 = w.typed_data();
   const float* w1 = w0 + C;
   const float* kk = k.typed_data();
@@ -279,27 +303,23 @@ ffi::Error GateBackward(const Shape& s, F32Buffer a, F32Buffer b, F32Buffer w, F
       // Through the pair mix, then back from the pairs to a, b. (Row h was taken apart once
       // already, for its mix; keeping that copy in a second buffer instead measured slower.)
       auto [p, q] = PairRow(s, a.typed_data() + row, b.typed_data() + row, pairs.data());
+      // dp[n] = sum_g w0[gN+n] dm[gN+n], dq likewise; dw0 += p dm, dw1 += q dm.
       for (int64_t x = 0; x < W; ++x) {
-        const float* __restrict pr = p + x * N;
-        const float* __restrict qr = q + x * N;
-        float* __restrict dpr = dpq.data() + x * N;
-        float* __restrict dqr = dpq.data() + (W + x) * N;
         const float* m = dm.data() + x * C;
-        std::memset(dpr, 0, sizeof(float) * N);
-        std::memset(dqr, 0, sizeof(float) * N);
-        for (int64_t gg = 0; gg < G; ++gg) {
-          const float* __restrict mg = m + gg * N;
-          const float* __restrict a0 = w0 + gg * N;
-          const float* __restrict a1 = w1 + gg * N;
-          float* __restrict e0 = adw0 + gg * N;
-          float* __restrict e1 = adw1 + gg * N;
-          for (int64_t n = 0; n < N; ++n) {
-            dpr[n] += a0[n] * mg[n];
-            dqr[n] += a1[n] * mg[n];
-            e0[n] += pr[n] * mg[n];
-            e1[n] += qr[n] * mg[n];
+        ForChannelBlocks(N, [&]<int L>(int64_t n) {
+          using V = Vec<L>;
+          const typename V::T pn = V::Load(p + x * N + n), qn = V::Load(q + x * N + n);
+          typename V::T dp = V::Zero(), dq = V::Zero();
+          for (int64_t gn = n; gn < C; gn += N) {
+            const typename V::T mg = V::Load(m + gn);
+            dp += V::Load(w0 + gn) * mg;
+            dq += V::Load(w1 + gn) * mg;
+            V::Store(adw0 + gn, V::Load(adw0 + gn) + pn * mg);
+            V::Store(adw1 + gn, V::Load(adw1 + gn) + qn * mg);
           }
-        }
+          V::Store(dpq.data() + x * N + n, dp);
+          V::Store(dpq.data() + (W + x) * N + n, dq);
+        });
       }
       UnpairRow(s, dpq.data(), dpq.data() + W * N, da->typed_data() + row,
                 db->typed_data() + row);

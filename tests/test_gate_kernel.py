@@ -65,7 +65,8 @@ def _fused_reference(name):
 @pytest.mark.parametrize("name", FUSED)
 @pytest.mark.parametrize("pairing,shape", [
     ("concat", (2, 5, 7, 3)), ("concat", (1, 1, 1, 4)), ("interleave", (5, 2, 3, 9)),
-    ("concat", (1, 3, 4, 24))])  # channel blocks of 16, 8 and single channels
+    ("concat", (1, 3, 4, 24)),  # channel blocks of 16, 8 and single channels
+    ("concat", (2, 3, 5, 32))])  # pairs taken apart 16 at a time (N = 16 in the test above)
 def test_fused_cell_updates_and_gradients_equal_reference(name, pairing, shape):
   """Each update fused into the kernel, forward and every gradient (inputs, parameters,
   states) against autodiff of the plain-jnp gates and update."""
