@@ -16,8 +16,11 @@ namespace regnet {
 template <int Lanes>
 struct Vec {
   typedef float T __attribute__((vector_size(4 * Lanes)));
-  static T Load(const float* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
-  static void Store(float* p, T v) { std::memcpy(p, &v, sizeof(T)); }
+  // Loads and stores as float vectors aligned like a float (not memcpy, which may alias
+  // anything and so makes the compiler reload every captured variable after each store).
+  typedef float Unaligned __attribute__((vector_size(4 * Lanes), aligned(4)));
+  static T Load(const float* p) { return *reinterpret_cast<const Unaligned*>(p); }
+  static void Store(float* p, T v) { *reinterpret_cast<Unaligned*>(p) = v; }
   static T Zero() { return T{}; }
 };
 template <>
