@@ -98,8 +98,10 @@ def profile_model(name: str, overrides: dict, batch_size: int, steps: int, warmu
   for op, durations in times.items():
     if by == "kind":
       key = re.sub(r"\.\d+$", "", op)
+    elif by == "part":
+      key = part_of(info.get(op, ""))
     else:
-      key = part_of(info.get(op, "")) if by == "part" else op
+      key = op
     groups[key][0] += sum(durations) / steps
     groups[key][1] += len(durations) / steps
   total = sum(ms for ms, _ in groups.values())
