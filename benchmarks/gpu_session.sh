@@ -1,6 +1,7 @@
 #!/bin/bash
 # One GPU lease's measurements, in one prepared run (docs/performance.md, docs/results.md):
-#   1. the device-resident CIFAR step of ResNet-20, one step per call vs 50 in a scan;
+#   1. the device-resident CIFAR step of ResNet-20, one step per call vs 50 in a scan, then the
+#      same for RegNet-20 ConvGRU (issue #5's regulator target: at most 1.25x ResNet-20's step);
 #   2. ResNet-50 / RegNet-50 bfloat16 train throughput and MFU at batch 256;
 #   3. the paper's full CIFAR-10 schedule (configs/cifar.py: 150 epochs, batch 64) for MODELS,
 #      side by side on the one GPU through the device-resident path (regnet_jax/resident.py),
@@ -41,6 +42,9 @@ per_call=$(python3 -c "import json; r = json.load(open('$out/resident_gpu.json')
 print('' if max(r, key=lambda x: x['train_img_s'])['steps_per_call'] > 1 else '--steps_per_call=1')
 " 2>/dev/null)
 log "resident rc=$? ${per_call:-(an epoch per call)}"
+timeout 90 python3 benchmarks/throughput.py --no_hugepages --resident 1 50 --models regnet20_gru \
+  --batch_size 64 --steps 200 --json "$out/resident_gpu_regnet20_gru.json"
+log "regnet20_gru resident rc=$?"
 
 log "2. ResNet-50 / RegNet-50 bfloat16 throughput"
 for m in resnet50:100 regnet50:130; do  # model:seconds allowed (compilation included)
