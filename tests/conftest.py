@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -16,6 +18,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     __import__("tempfile").gettempdir(), "regnet_jax_test_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+# A pytest-xdist worker that dies (abort, segfault) loses the C++ message that says why inside
+# pytest's capture, and its all-thread traceback buries the rest in CI's log. So each worker's
+# stderr (fd 2: C++ diagnostics and faulthandler's dump; pyproject sets --capture=sys, so tests
+# leave fd 2 alone) goes to a file, and the controller prints the file of a worker that died at
+# the end of the run.
+STDERR_DIR = "REGNET_TEST_WORKER_STDERR"
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(STDERR_DIR):
+  _log = os.open(os.path.join(os.environ[STDERR_DIR], os.environ["PYTEST_XDIST_WORKER"]),
+                 os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+  os.dup2(_log, 2)
+  os.close(_log)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The genuine offline datasets: ../shared/data beside the checkout (as in CI), or $REGNET_DATA.
@@ -77,3 +91,38 @@ def no_compiler(monkeypatch, tmp_path):
   clear()
   yield tmp_path
   clear()
+
+
+def pytest_configure(config):
+  if config.getoption("numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ[STDERR_DIR] = tempfile.mkdtemp(prefix="regnet_jax_worker_stderr_")
+
+
+def crash_report(text: str, context: int = 10, frames: int = 8) -> list[str]:
+  """What a dead worker's stderr says of its death, short enough for the tail of a CI log: for
+  each "Fatal Python error", the ``context`` lines before it (the C++ message, if any), the error
+  and the innermost ``frames`` of the crashing thread (faulthandler calls it "Current thread")."""
+  lines = [line[:300] for line in text.splitlines()]
+  report = []
+  for i, line in enumerate(lines):
+    if line.startswith("Fatal Python error"):
+      report += lines[max(0, i - context):i + 1]
+      current = next((j for j in range(i, len(lines)) if lines[j].startswith("Current thread")),
+                     None)
+      if current is not None:
+        report += lines[current:current + 1 + frames]
+  return report
+
+
+def pytest_terminal_summary(terminalreporter):
+  folder = os.environ.get(STDERR_DIR)
+  if not folder or os.environ.get("PYTEST_XDIST_WORKER") or not os.path.isdir(folder):
+    return
+  for name in sorted(os.listdir(folder)):
+    with open(os.path.join(folder, name), errors="replace") as f:
+      report = crash_report(f.read())
+    if report:
+      terminalreporter.section(f"worker {name} died; the end of its stderr")
+      for line in report:
+        terminalreporter.write_line(line)
+  shutil.rmtree(folder, ignore_errors=True)
