@@ -16,14 +16,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Identical computations (the same tiny model trained in several tests, and in the `main.py`
 # subprocesses) compile once: XLA's persistent cache, shared by the pytest-xdist workers.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-    __import__("tempfile").gettempdir(), "regnet_jax_test_xla_cache"))
+    tempfile.gettempdir(), "regnet_jax_test_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 # A pytest-xdist worker that dies (abort, segfault) loses the C++ message that says why inside
 # pytest's capture, and its all-thread traceback buries the rest in CI's log. So each worker's
 # stderr (fd 2: C++ diagnostics and faulthandler's dump; pyproject sets --capture=sys, so tests
-# leave fd 2 alone) goes to a file, and the controller prints the file of a worker that died at
-# the end of the run.
+# leave fd 2 alone) goes to a file, and the controller prints what the file of a worker that
+# died says of it at the end of the run.
 STDERR_DIR = "REGNET_TEST_WORKER_STDERR"
 if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(STDERR_DIR):
   _log = os.open(os.path.join(os.environ[STDERR_DIR], os.environ["PYTEST_XDIST_WORKER"]),
@@ -114,15 +114,26 @@ def crash_report(text: str, context: int = 10, frames: int = 8) -> list[str]:
   return report
 
 
+_DEAD_WORKERS: list[str] = []
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook, in the controller
+def pytest_testnodedown(node, error):
+  if error is not None:
+    _DEAD_WORKERS.append(node.gateway.id)
+
+
 def pytest_terminal_summary(terminalreporter):
   folder = os.environ.get(STDERR_DIR)
   if not folder or os.environ.get("PYTEST_XDIST_WORKER") or not os.path.isdir(folder):
     return
-  for name in sorted(os.listdir(folder)):
-    with open(os.path.join(folder, name), errors="replace") as f:
-      report = crash_report(f.read())
-    if report:
-      terminalreporter.section(f"worker {name} died; the end of its stderr")
-      for line in report:
-        terminalreporter.write_line(line)
+  for name in _DEAD_WORKERS:
+    path = pathlib.Path(folder, name)
+    text = path.read_text(errors="replace") if path.exists() else ""
+    report = crash_report(text) or [
+        "(no fatal error on its stderr: killed from outside, e.g. by the OOM killer?)",
+        *text.splitlines()[-10:]]
+    terminalreporter.section(f"worker {name} died; what its stderr says")
+    for line in report:
+      terminalreporter.write_line(line)
   shutil.rmtree(folder, ignore_errors=True)

@@ -7,15 +7,20 @@ import sys
 
 from conftest import REPO, STDERR_DIR, crash_report
 
-DYING_TEST = '''
+DYING_TESTS = r'''
 import os
+import signal
 
 def test_passes():
   pass
 
-def test_dies():
-  os.write(2, b"F0000 some_kernel.cc:12] Check failed: what the C++ side said\\n")
+def test_aborts():
+  os.write(2, b"F0000 some_kernel.cc:12] Check failed: what the C++ side said\n")
   os.abort()
+
+def test_is_killed():
+  os.write(2, b"a last line\n")
+  os.kill(os.getpid(), signal.SIGKILL)
 '''
 
 
@@ -32,11 +37,12 @@ def test_crash_report_keeps_the_message_and_the_crashing_threads_innermost_frame
   assert crash_report("a clean worker's warnings\n") == []
 
 
-def test_a_dead_workers_cpp_message_reaches_the_end_of_the_log(tmp_path):
-  """Two workers, one aborts: the run's last lines name the C++ message, the error and the
-  test's frame (pytest's own capture would have swallowed the message)."""
+def test_dead_workers_last_words_reach_the_end_of_the_log(tmp_path):
+  """Two workers, two die: the run's last lines give the C++ message, the error and the test's
+  frame of the one that aborted (pytest's fd capture would have swallowed the message), and
+  the last line of the one killed from outside."""
   shutil.copy(REPO / "tests" / "conftest.py", tmp_path)
-  (tmp_path / "test_dying.py").write_text(DYING_TEST)
+  (tmp_path / "test_dying.py").write_text(DYING_TESTS)
   env = {k: v for k, v in os.environ.items()  # a fresh run, not this worker's
          if k not in (STDERR_DIR, "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT")}
   run = subprocess.run(
@@ -44,11 +50,16 @@ def test_a_dead_workers_cpp_message_reaches_the_end_of_the_log(tmp_path):
        "-o", "addopts=-ra --capture=sys", "test_dying.py"],
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
   assert run.returncode == 1
-  tail = run.stdout.splitlines()[-16:]
-  section = next(i for i, line in enumerate(tail) if "died; the end of its stderr" in line)
-  assert tail[section + 1:section + 3] == [
-      "F0000 some_kernel.cc:12] Check failed: what the C++ side said",
-      "Fatal Python error: Aborted"]
-  assert tail[section + 3].startswith("Current thread")
-  assert tail[section + 4].endswith("test_dying.py\", line 9 in test_dies")
-  assert "1 failed, 1 passed" in tail[-1]
+  lines = run.stdout.splitlines()
+  assert "2 failed, 1 passed" in lines[-1]
+  sections = [i for i, line in enumerate(lines) if "died; what its stderr says" in line]
+  assert len(sections) == 2
+  aborted, killed = sorted((lines[i + 1:i + 5] for i in sections),
+                           key=lambda report: not report[0].startswith("F0000"))
+  assert aborted[:2] == ["F0000 some_kernel.cc:12] Check failed: what the C++ side said",
+                         "Fatal Python error: Aborted"]
+  assert aborted[2].startswith("Current thread")
+  assert aborted[3].endswith('test_dying.py", line 10 in test_aborts')
+  assert killed[:2] == [
+      "(no fatal error on its stderr: killed from outside, e.g. by the OOM killer?)",
+      "a last line"]
