@@ -94,6 +94,8 @@ def no_compiler(monkeypatch, tmp_path):
 
 
 def pytest_configure(config):
+  """In the pytest-xdist controller: the folder for the workers' stderr files (``STDERR_DIR``
+  above), made before the workers start, so they inherit it."""
   if config.getoption("numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ[STDERR_DIR] = tempfile.mkdtemp(prefix="regnet_jax_worker_stderr_")
 
@@ -124,6 +126,7 @@ def pytest_testnodedown(node, error):
 
 
 def pytest_terminal_summary(terminalreporter):
+  """In the controller: what each dead worker's stderr says of its death, then the folder goes."""
   folder = os.environ.get(STDERR_DIR)
   if not folder or os.environ.get("PYTEST_XDIST_WORKER") or not os.path.isdir(folder):
     return
