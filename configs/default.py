@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model_args = ml_collections.ConfigDict()
   config.model_args.cell_conv = "light"  # 'light' (two-step) or 'dense3x3' gates (Table I).
   config.model_args.cell_sharing = "stage"  # One cell per 'stage' (RNN) or per 'block'.
+  config.model_args.pairing = "concat"  # Light gates' channel pairs: 'concat' or 'interleave'.
   config.model_args.regulated_stages = ()  # 1-based stages with a regulator; () = all (Table V).
   config.model_args.cell_impl = "auto"  # auto (C++ kernel on CPU), kernel, elementwise, conv.
   config.model_args.scan_unroll = -1  # Scan steps per loop iteration; -1: all (fast on CPU).

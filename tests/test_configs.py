@@ -28,3 +28,7 @@ def test_reduced_protocols_differ_only_in_length_and_evaluation(model):
   assert (five.pop("eval_precise_bn_batches"), ten.pop("eval_precise_bn_batches")) == (0, 64)
   assert five == ten
   assert ten["model"] == model and ten["batch_size"] == 128
+  twenty = importlib.import_module("configs.cifar10_reduced20").get_config(model).to_dict()
+  assert twenty.pop("num_epochs") == 20.0
+  twenty.pop("eval_precise_bn_batches")
+  assert twenty == ten
