@@ -1,10 +1,10 @@
 """One regulator cell step, forward + backward, against a ResNet 3x3 convolution of its stage.
 
     python -m benchmarks.cells --cells gru lstm --stages 1 2 3 --batch_size 128
-    python -m benchmarks.cells --cells gru --variants pairing=interleave impl=conv
-    python -m benchmarks.cells --cells --conv_grads lax swapped kernel  # the convolution alone
+    python -m benchmarks.cells --cells gru --variants pairing=interleave cell_impl=reference
+    python -m benchmarks.cells --cells --conv_grads reference swapped kernel  # the conv alone
 
-Each row times ``jax.grad`` of one :class:`regnet_jax.cells.ConvCell` step (gradients with
+Each row times ``jax.grad`` of one regulator cell step (gradients with
 respect to the input, the state and every parameter) at the shape of a CIFAR RegNet-20 stage
 (stage s: ``[B, 32/2^(s-1), 32/2^(s-1), 16*2^(s-1)]``), and the same for one dense N -> N 3x3
 convolution (what a ResNet basic block runs twice per block), once per kernel gradient in
@@ -14,7 +14,7 @@ step to a ResNet block's two convolutions, so a ratio of 0.5 would add 25% per b
 Median of timed calls after warm-up, each waited on with ``block_until_ready``.
 
 ``mb_accessed`` is XLA's cost analysis of the compiled function (bytes read and written by all
-its kernels; None for ``impl='kernel'``, whose C++ kernel XLA cannot see into) and ``gb_s``
+its kernels; None for ``cell_impl='kernel'``, whose C++ kernel XLA cannot see into) and ``gb_s``
 that traffic over the measured time. Where ``gb_s`` stays the same
 across shapes and variants, time follows bytes: the step is bound by memory bandwidth and gets
 faster only by moving fewer bytes.
@@ -23,6 +23,7 @@ faster only by moving fewer bytes.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -32,7 +33,10 @@ import numpy as np
 from flax import linen as nn
 
 from benchmarks.throughput import parse_variants, report
-from regnet_jax import cells, host, models
+from regnet_jax import cpu
+from regnet_jax.cpu import process
+from regnet_jax.models import cells
+from regnet_jax.models.networks import he_conv
 
 
 def stage_shape(stage: int, batch_size: int) -> tuple[int, int, int, int]:
@@ -44,7 +48,7 @@ def stage_shape(stage: int, batch_size: int) -> tuple[int, int, int, int]:
 def _grad_fn(module: nn.Module, inputs: tuple, seed: int = 0):
   """A function of no arguments computing every gradient of ``<module(*inputs), cotangent>``,
   and the bytes its compiled executable accesses (XLA's cost analysis; None where it calls a
-  custom kernel, e.g. ``impl='kernel'``, whose traffic XLA cannot see)."""
+  custom kernel, e.g. ``cell_impl='kernel'``, whose traffic XLA cannot see)."""
   variables = module.init(jax.random.PRNGKey(seed), *inputs)
   out = jax.eval_shape(module.apply, variables, *inputs)
   leaves = jax.tree.leaves(out)
@@ -72,8 +76,16 @@ class DenseConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    grad = models.default_conv_grad() if self.grad == "auto" else self.grad
-    return models.conv(self.features, (3, 3), grad=grad)(x)
+    conv = cpu.implementations("reference", self.grad).get("conv", nn.Conv)
+    return he_conv(conv, self.features, (3, 3))(x)
+
+
+def make_cell(features: int, cell: str, cell_impl: str = "auto", **gate_args) -> nn.Module:
+  """One cell as a model with this implementation builds it; ``gate_args``: the light-weight
+  gates' options (e.g. ``pairing``)."""
+  cell_cls = cpu.implementations(cell_impl, "reference").get("cell_cls", cells.ConvCell)
+  return cell_cls(features, cell,
+                  gate_conv=functools.partial(cells.LightGateConv, **gate_args))
 
 
 def _inputs(cell: str, shape: tuple[int, ...]) -> tuple:
@@ -104,7 +116,7 @@ def benchmark_cells(cell_types: list[str], stages: list[int], variants: list[dic
     for cell in cell_types:
       for overrides in variants:
         x, state = _inputs(cell, shape)
-        jobs.append(_grad_fn(cells.ConvCell(shape[-1], cell, conv=overrides), (x, state)))
+        jobs.append(_grad_fn(make_cell(shape[-1], cell, **overrides), (x, state)))
         rows.append({"stage": stage, "shape": rows[-1]["shape"], "op": f"{cell} cell",
                      "variant": ",".join(f"{k}={v}" for k, v in overrides.items()) or "default"})
   fns, traffic = zip(*jobs, strict=True)
@@ -126,22 +138,23 @@ def benchmark_cells(cell_types: list[str], stages: list[int], variants: list[dic
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--cells", nargs="*", default=list(cells.CELL_TYPES),
                       choices=cells.CELL_TYPES)
   parser.add_argument("--stages", nargs="*", type=int, default=[1, 2, 3])
   parser.add_argument("--variants", nargs="*", default=[],
-                      help="GateConv overrides to compare with the default, e.g. impl=conv")
-  parser.add_argument("--conv_grads", nargs="+", default=["auto"], choices=models.CONV_GRADS,
+                      help="overrides to compare with the default, e.g. cell_impl=reference "
+                      "or pairing=interleave")
+  parser.add_argument("--conv_grads", nargs="+", default=["auto"], choices=cpu.CONV_GRADS,
                       help="kernel gradients of the reference convolution, each its own row")
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--json", default=None, help="also write the rows to this file")
   parser.add_argument("--no_hugepages", action="store_true",
-                      help="leave glibc's malloc as it is (see regnet_jax/host.py)")
+                      help="leave glibc's malloc as it is (see regnet_jax/cpu/process.py)")
   args = parser.parse_args()
-  host.reexec_with_cpu_settings(hugepages=not args.no_hugepages)
+  process.reexec_with_cpu_settings(hugepages=not args.no_hugepages)
   variants = parse_variants(args.variants)
   rows = benchmark_cells(args.cells, args.stages, variants, args.batch_size, args.steps,
                          args.warmup, tuple(args.conv_grads))

@@ -1,7 +1,7 @@
 """Where a train step's time goes: its XLA kernels from a profiler trace, summed; prints a table.
 
     python -m benchmarks.profile --models resnet20 --top 15
-    python -m benchmarks.profile --models regnet20_gru --variants conv_grad=lax --by kind
+    python -m benchmarks.profile --models regnet20_gru --variants conv_grad=reference --by kind
     python -m benchmarks.profile --models resnet20 regnet20_gru --by part
 
 Traces ``--steps`` train steps (after warm-up) of the same synthetic-batch step as
@@ -32,7 +32,7 @@ import time
 import jax
 
 from benchmarks.throughput import build_train_step, parse_variants, report
-from regnet_jax import host
+from regnet_jax.cpu import process as host
 
 
 def _instruction_info(hlo_text: str) -> dict[str, str]:
@@ -115,10 +115,10 @@ def profile_model(name: str, overrides: dict, batch_size: int, steps: int, warmu
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--models", nargs="*", default=["resnet20"])
   parser.add_argument("--variants", nargs="*", default=[],
-                      help="attribute overrides to profile besides the default, e.g. conv_grad=lax")
+                      help="overrides to profile besides the default, e.g. conv_grad=reference")
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--warmup", type=int, default=2)

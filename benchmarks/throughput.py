@@ -1,21 +1,22 @@
 """Train/eval throughput, compile time and peak memory of registered models; prints a table.
 
     python benchmarks/throughput.py --models resnet20 regnet20_gru --batch_size 128
-    python benchmarks/throughput.py --models regnet20_gru --variants cell_impl=conv scan_unroll=1
+    python benchmarks/throughput.py --models regnet20_gru --variants cell_impl=reference \
+        scan_unroll=1
     python benchmarks/throughput.py --pipeline cifar10 --data_dir DIR   # input pipeline alone
-    python benchmarks/throughput.py --resident 1 100 --models resnet20 --batch_size 64
+    python benchmarks/throughput.py --resident --models resnet20 --batch_size 64
 
 Images/s are the median over timed steps after warm-up (each step waited on with
 ``block_until_ready``), on synthetic batches already on the devices, so the numbers are the
 model's and not the input pipeline's. ``--variants`` benchmarks each model once per listed
-attribute override (plus the default), alternating them in one run, so they can be compared
-as ratios on a noisy machine.
+override (plus the default: a model attribute, or ``cell_impl`` / ``conv_grad``, the
+implementation), alternating them in one run, so they can be compared as ratios on a noisy
+machine. ``--resident`` times the train step fed by the device-resident CIFAR source instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import resource
 import statistics
@@ -27,7 +28,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from regnet_jax import datasets, host, models, summary, train_steps
+from regnet_jax import data, models, summary
+from regnet_jax.cpu import process
+from regnet_jax.train import steps as train_steps
 
 
 def parse_value(text: str):
@@ -76,13 +79,13 @@ def build_train_step(name: str, overrides: dict, batch_size: int, dtype: str,
 
   Returns ``(model, p_train, p_eval, state, batch)``: SGD with momentum at a constant learning
   rate, the batch ``[batch_size, S, S, 3]`` sharded over the first ``num_devices`` devices."""
-  spec = models.get_spec(name)
-  size = spec.image_size
-  model = models.create_model(name, 10 if size == 32 else 1000,
-                              dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32,
-                              **overrides)
-  config = ml_collections.ConfigDict(dict(label_smoothing=0.0, weight_decay=1e-4, momentum=0.9,
-                                          nesterov=False))
+  size = models.get_spec(name).image_size
+  model = train_steps.make_model(name, 10 if size == 32 else 1000,
+                                 jnp.bfloat16 if dtype == "bfloat16" else jnp.float32,
+                                 **overrides)
+  config = ml_collections.ConfigDict(dict(
+      label_smoothing=0.0, weight_decay=1e-4, momentum=0.9, nesterov=False,
+      dataset="cifar10" if size == 32 else "imagenet2012"))
   schedule = optax.constant_schedule(0.1)
   trainer = train_steps.Trainer(jax.devices()[:num_devices])
   trainer.check_batch_size(batch_size)
@@ -90,7 +93,7 @@ def build_train_step(name: str, overrides: dict, batch_size: int, dtype: str,
       model, train_steps.create_optimizer(config, schedule), 0, size))
   rng = np.random.RandomState(0)
   batch = trainer.shard({
-      "image": rng.randn(batch_size, size, size, 3).astype(np.float32),
+      "image": rng.randint(0, 256, (batch_size, size, size, 3)).astype(np.uint8),
       "label": rng.randint(0, model.num_classes, batch_size).astype(np.int32),
       "mask": np.ones(batch_size, np.float32)})
   p_train, p_eval = trainer.compile_steps(config, schedule)
@@ -119,7 +122,9 @@ def benchmark_model(name: str, overrides: dict, batch_size: int, dtype: str, num
   train_times, train_faults, train_sys_ms = _time_steps(step, steps, warmup)
   eval_times, _, _ = _time_steps(lambda: p_eval(holder[0], batch), steps, warmup)
   train_img_s = batch_size / statistics.median(train_times)
-  tflop_s = 6 * summary.count_macs(model.clone(dtype=jnp.float32), size) * train_img_s / 1e12
+  reference = models.create_model(name, model.num_classes, **{
+      k: v for k, v in overrides.items() if k not in ("cell_impl", "conv_grad")})
+  tflop_s = 6 * summary.count_macs(reference, size) * train_img_s / 1e12
   return {
       "model": name, "variant": ",".join(f"{k}={v}" for k, v in overrides.items()) or "default",
       "batch": batch_size, "dtype": dtype, "devices": num_devices,
@@ -132,55 +137,42 @@ def benchmark_model(name: str, overrides: dict, batch_size: int, dtype: str, num
   }
 
 
-def benchmark_resident(name: str, batch_size: int, steps_per_call: int, calls: int,
+def benchmark_resident(name: str, batch_size: int, steps: int, warmup: int,
                        num_devices: int) -> dict:
-  """Train images/s of the device-resident CIFAR path (``regnet_jax.resident``): augmentation
-  and ``steps_per_call`` train steps per jitted call, on uint8 images already on the devices.
-  The median over ``calls`` timed calls after one warm-up call."""
-  from regnet_jax import resident
+  """Train images/s of one model fed by the device-resident CIFAR source
+  (:mod:`regnet_jax.data.resident`: gather and augment on the devices, then the train step),
+  on 50,000 random uint8 images already on the devices."""
+  from regnet_jax.data import resident
 
-  config = ml_collections.ConfigDict(dict(label_smoothing=0.0, weight_decay=1e-4, momentum=0.9,
-                                          nesterov=False))
+  _, p_train, _, state, _ = build_train_step(name, {}, batch_size, "float32", num_devices)
   trainer = train_steps.Trainer(jax.devices()[:num_devices])
-  trainer.check_batch_size(batch_size)
-  schedule = optax.constant_schedule(0.1)
-  state = trainer.replicate(train_steps.create_train_state(
-      models.create_model(name, 10), train_steps.create_optimizer(config, schedule), 0, 32))
   rng = np.random.RandomState(0)
-  images, labels = trainer.replicate((rng.randint(0, 256, (50_000, 32, 32, 3), np.uint8),
-                                      rng.randint(0, 10, 50_000).astype(np.int32)))
-  step_fn = functools.partial(train_steps.train_step, label_smoothing=0.0, schedule=schedule)
-  run = resident.make_steps_fn(trainer, datasets.get_spec("cifar10"), step_fn,
-                               scan=steps_per_call > 1)
-  order, keys = resident.epoch_order(0, 0, 50_000, steps_per_call, batch_size)
-  if steps_per_call == 1:
-    order, keys = order[0], keys[0]
+  arrays = {k: (rng.randint(0, 256, (n, 32, 32, 3)).astype(np.uint8),
+                rng.randint(0, 10, n).astype(np.int32)) for k, n in (("train", 50_000),
+                                                                       ("test", 1000))}
+  batches = resident.ResidentSource(arrays, data.get_spec("cifar10"), batch_size, 0,
+                                    trainer.data_sharding).train_batches()
   holder = [state]
 
-  def call():
-    holder[0], metrics = run(holder[0], images, labels, order, keys)
+  def step():
+    holder[0], metrics = p_train(holder[0], next(batches))
     return metrics
 
-  start = time.perf_counter()
-  jax.block_until_ready(call())
-  compile_s = time.perf_counter() - start
-  times, _, _ = _time_steps(call, calls, 0)
-  return {"model": name, "batch": batch_size, "steps_per_call": steps_per_call,
-          "devices": num_devices,
-          "train_img_s": steps_per_call * batch_size / statistics.median(times),
-          "ms_per_step": 1000 * statistics.median(times) / steps_per_call,
-          "first_call_s": compile_s}
+  times, _, _ = _time_steps(step, steps, warmup)
+  return {"model": name, "batch": batch_size, "input": "resident", "devices": num_devices,
+          "train_img_s": batch_size / statistics.median(times),
+          "ms_per_step": 1000 * statistics.median(times)}
 
 
 def benchmark_pipeline(dataset: str, data_dir: str | None, batch_size: int,
                        batches: int = 50) -> dict:
   """Images/s of the training input pipeline alone, from tfds to device-ready batches."""
-  from regnet_jax import input_pipeline
+  from regnet_jax.data import pipeline
 
-  spec = datasets.get_spec(dataset)
-  builder = input_pipeline.get_builder(dataset, data_dir)
+  spec = data.get_spec(dataset)
+  builder = pipeline.get_builder(dataset, data_dir)
   trainer = train_steps.Trainer()
-  it = trainer.prefetch(input_pipeline.train_batches(builder, spec, batch_size, seed=0), 2)
+  it = trainer.prefetch(pipeline.train_batches(builder, spec, batch_size, seed=0), 2)
   jax.block_until_ready(next(it))  # start-up: file open, shuffle buffer fill
   start = time.perf_counter()
   for _ in range(batches):
@@ -201,6 +193,15 @@ def print_table(rows: list[dict]) -> None:
     print("| " + " | ".join(fmt(r[k]).ljust(w) for k, w in zip(keys, widths, strict=True)) + " |")
 
 
+def append_jsonl(path: str | None, row: dict) -> dict:
+  """Appends ``row`` to the JSON-lines file ``path`` at once (a later timeout loses nothing
+  already measured); returns the row."""
+  if path:
+    with open(path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+  return row
+
+
 def report(rows: list[dict], json_path: str | None, details: str = "") -> None:
   """Prints the machine line and the table of ``rows``; also writes them to ``json_path``."""
   print(f"# {jax.devices()[0].device_kind} x{len(jax.devices())}, jax {jax.__version__}"
@@ -212,11 +213,11 @@ def report(rows: list[dict], json_path: str | None, details: str = "") -> None:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--models", nargs="*", default=["resnet20", "regnet20_gru"])
   parser.add_argument("--variants", nargs="*", default=[],
-                      help="attribute overrides to compare with the default, e.g. cell_impl=conv "
-                      "or cell_impl=kernel,pairing=interleave")
+                      help="overrides to compare with the default, e.g. cell_impl=reference "
+                      "or conv_grad=kernel,pairing=interleave")
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   parser.add_argument("--devices", type=int, default=1)
@@ -225,33 +226,33 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=1, help="alternate all variants this often")
   parser.add_argument("--pipeline", default=None, help="benchmark this dataset's pipeline")
   parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--resident", type=int, nargs="*", default=None, metavar="STEPS_PER_CALL",
-                      help="benchmark the device-resident CIFAR path with these steps per call")
+  parser.add_argument("--resident", action="store_true",
+                      help="time the train step fed by the device-resident CIFAR source")
   parser.add_argument("--json", default=None, help="also write the rows to this file")
+  parser.add_argument("--jsonl", default=None,
+                      help="append each row to this JSON-lines file the moment it is measured")
   parser.add_argument("--peak_tflops", type=float, default=None,
                       help="the devices' peak TFLOP/s in --dtype, for the MFU column")
   parser.add_argument("--no_hugepages", action="store_true",
-                      help="leave glibc's malloc as it is (see regnet_jax/host.py)")
+                      help="leave glibc's malloc as it is (see regnet_jax/cpu/process.py)")
   args = parser.parse_args()
-  host.reexec_with_cpu_settings(hugepages=not args.no_hugepages)
+  process.reexec_with_cpu_settings(hugepages=not args.no_hugepages)
 
   rows = []
+  keep = lambda row: rows.append(append_jsonl(args.jsonl, row))
   if args.pipeline:
-    rows.append(benchmark_pipeline(args.pipeline, args.data_dir, args.batch_size, 50))
+    keep(benchmark_pipeline(args.pipeline, args.data_dir, args.batch_size, 50))
   elif args.resident:
     for _ in range(args.rounds):
       for name in args.models:
-        for steps_per_call in args.resident:
-          rows.append(benchmark_resident(name, args.batch_size, steps_per_call,
-                                         max(args.steps // steps_per_call, 1), args.devices))
+        keep(benchmark_resident(name, args.batch_size, args.steps, args.warmup, args.devices))
   else:
     variants = parse_variants(args.variants)
     for _ in range(args.rounds):
       for name in args.models:
         for overrides in variants:
-          rows.append(benchmark_model(name, overrides, args.batch_size, args.dtype,
-                                      args.devices, args.steps, args.warmup,
-                                      args.peak_tflops))
+          keep(benchmark_model(name, overrides, args.batch_size, args.dtype, args.devices,
+                               args.steps, args.warmup, args.peak_tflops))
   report(rows, args.json)
 
 

@@ -7,12 +7,13 @@ against another framework, and times both train steps side by side.
 (``OMP_WAIT_POLICY=PASSIVE``: otherwise PyTorch's idle OpenMP threads spin and slow the JAX
 steps alternating with them.)
 
-The PyTorch side is written from the paper, not from our code: each gate is the literal
-grouped 1x1 convolution (``groups=N`` over ``cat([x, h])``, so channels 2k and 2k+1 are
-paired) followed by a depthwise 3x3, one pair of ``Conv2d`` per gate, and PyTorch's own
-padding and BatchNorm. ``port`` copies a Flax variable tree into it. The timing alternates a
-JAX step and a PyTorch step (NCHW and channels-last) on the same batch, in one process, and
-prints medians and ratios.
+The PyTorch side is written from the paper, not from our code: each gate is a grouped 1x1
+convolution (``groups=N``) over the 2N input channels, followed by a depthwise 3x3, one pair of
+``Conv2d`` per gate, and PyTorch's own padding and BatchNorm. The grouped 1x1 reads
+``cat([x, h])`` (``pairing='concat'``: channels 2k and 2k+1 are paired) or the channels of
+``x`` and ``h`` interleaved (``'interleave'``: ``x_k`` with ``h_k``). ``port`` copies a Flax
+variable tree into it. The timing alternates a JAX step and a PyTorch step (NCHW and
+channels-last) on the same batch, in one process, and prints medians and ratios.
 """
 
 from __future__ import annotations
@@ -28,30 +29,38 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from regnet_jax import host, models, train_steps
+from regnet_jax import data, models
+from regnet_jax.cpu import process as host
+from regnet_jax.train import steps as train_steps
 
 GATES = {"rnn": ("h",), "gru": ("z", "r", "h"), "lstm": ("i", "f", "o", "g")}
 
 
 class Gate(nn.Module):
-  """One light-weight gate: grouped 1x1 (groups=N) on ``cat([a, b])``, then depthwise 3x3."""
+  """One light-weight gate: grouped 1x1 (groups=N) on the 2N channels of ``a`` and ``b``
+  (concatenated, or interleaved: a_0, b_0, a_1, ...), then depthwise 3x3."""
 
-  def __init__(self, n: int):
+  def __init__(self, n: int, pairing: str = "concat"):
     super().__init__()
+    self.pairing = pairing
     self.pointwise = nn.Conv2d(2 * n, n, 1, groups=n, bias=False)
     self.depthwise = nn.Conv2d(n, n, 3, padding=1, groups=n, bias=True)
 
   def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return self.depthwise(self.pointwise(torch.cat([a, b], 1)))
+    if self.pairing == "interleave":
+      ab = torch.stack([a, b], 2).flatten(1, 2)
+    else:
+      ab = torch.cat([a, b], 1)
+    return self.depthwise(self.pointwise(ab))
 
 
 class Cell(nn.Module):
   """ConvRNN / ConvGRU / ConvLSTM of the paper (no peepholes), NCHW."""
 
-  def __init__(self, n: int, kind: str):
+  def __init__(self, n: int, kind: str, pairing: str = "concat"):
     super().__init__()
     self.kind = kind
-    self.gates = nn.ModuleDict({g: Gate(n) for g in GATES[kind]})
+    self.gates = nn.ModuleDict({g: Gate(n, pairing) for g in GATES[kind]})
 
   def forward(self, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
     g = self.gates
@@ -104,11 +113,12 @@ class Block(nn.Module):
 class CifarNet(nn.Module):
   """ResNet-20 / RegNet-20 (Table II): stem 3x3x16, stages of n blocks at 16/32/64, GAP, FC."""
 
-  def __init__(self, depth: int = 20, cell: str | None = None, num_classes: int = 10):
+  def __init__(self, depth: int = 20, cell: str | None = None, num_classes: int = 10,
+               pairing: str = "concat"):
     super().__init__()
     n = (depth - 2) // 6
     self.stem, self.stem_bn = nn.Conv2d(3, 16, 3, 1, 1, bias=False), bn(16)
-    self.cells = nn.ModuleList([Cell(w, cell) for w in (16, 32, 64)] if cell else [])
+    self.cells = nn.ModuleList([Cell(w, cell, pairing) for w in (16, 32, 64)] if cell else [])
     self.stages = nn.ModuleList()
     cin = 16
     for i, w in enumerate((16, 32, 64)):
@@ -176,12 +186,13 @@ def port(net: CifarNet, variables: dict[str, Any]) -> CifarNet:
   return net
 
 
-def peer(name: str, variables: dict[str, Any]) -> CifarNet:
-  """The PyTorch twin of registered CIFAR model ``name`` with its Flax variables."""
-  model = models.create_model(name, 10)
+def peer(name: str, variables: dict[str, Any], **overrides: Any) -> CifarNet:
+  """The PyTorch twin of registered CIFAR model ``name`` (with model attribute ``overrides``,
+  e.g. ``pairing``) holding its Flax variables."""
+  model = models.create_model(name, 10, **overrides)
   if model.se_ratio or model.cell_conv != "light" or model.cell_sharing != "stage":
     raise ValueError(f"the PyTorch peer has no twin of {name}")
-  return port(CifarNet(model.depth, model.cell, model.num_classes), variables)
+  return port(CifarNet(model.depth, model.cell, model.num_classes, model.pairing), variables)
 
 
 def _median_ms(times: list[float]) -> float:
@@ -191,19 +202,19 @@ def _median_ms(times: list[float]) -> float:
 def side_by_side(name: str, batch_size: int, steps: int, rounds: int,
                  jax_args: dict[str, Any] | None = None) -> dict[str, Any]:
   """Alternates JAX, PyTorch NCHW and PyTorch channels-last train steps on the same batch;
-  ``jax_args`` are attribute overrides of the JAX model (e.g. ``cell_impl='kernel'``)."""
+  ``jax_args`` are overrides of the JAX model (e.g. ``cell_impl='reference'``)."""
   import ml_collections
   import optax
 
-  model = models.create_model(name, 10, **(jax_args or {}))
+  model = train_steps.make_model(name, 10, **(jax_args or {}))
   config = ml_collections.ConfigDict(dict(label_smoothing=0.0, weight_decay=1e-4, momentum=0.9,
-                                          nesterov=False))
+                                          nesterov=False, dataset="cifar10"))
   schedule = optax.constant_schedule(0.1)
   trainer = train_steps.Trainer(jax.devices()[:1])
   state = trainer.replicate(train_steps.create_train_state(
       model, train_steps.create_optimizer(config, schedule), 0, 32))
   rng = np.random.RandomState(0)
-  images = rng.randn(batch_size, 32, 32, 3).astype(np.float32)
+  images = rng.randint(0, 256, (batch_size, 32, 32, 3)).astype(np.uint8)
   labels = rng.randint(0, 10, batch_size).astype(np.int32)
   batch = trainer.shard({"image": images, "label": labels,
                          "mask": np.ones(batch_size, np.float32)})
@@ -215,7 +226,8 @@ def side_by_side(name: str, batch_size: int, steps: int, rounds: int,
     jax.block_until_ready(metrics)
 
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+  # JAX's step normalises its uint8 batch on the device; PyTorch gets the normalised batch.
+  x = torch.from_numpy(np.asarray(data.normalize(images, "cifar10"))).permute(0, 3, 1, 2)
   y = torch.from_numpy(labels).long()
   torch_steps = {}
   for layout in ("nchw", "channels_last"):
@@ -251,13 +263,13 @@ def side_by_side(name: str, batch_size: int, steps: int, rounds: int,
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--models", nargs="*", default=["resnet20", "regnet20_gru", "regnet20_lstm"])
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--steps", type=int, default=3, help="timed steps per round and framework")
   parser.add_argument("--rounds", type=int, default=3, help="alternations of the frameworks")
   parser.add_argument("--jax_args", nargs="*", default=[],
-                      help="JAX model attribute overrides, e.g. cell_impl=kernel")
+                      help="JAX model overrides, e.g. cell_impl=reference")
   args = parser.parse_args()
   host.reexec_with_cpu_settings()
   from benchmarks.throughput import parse_value, print_table

@@ -10,18 +10,22 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Model: a name from `regnet_jax.models.list_models()`.
   config.model = "resnet20"
-  # Model attributes passed to `create_model` (see regnet_jax/models.py `_Network`).
+  # Model attributes passed to `create_model` (see regnet_jax/models/networks.py `Network`).
   config.model_args = ml_collections.ConfigDict()
   config.model_args.cell_conv = "light"  # 'light' (two-step) or 'dense3x3' gates (Table I).
   config.model_args.cell_sharing = "stage"  # One cell per 'stage' (RNN) or per 'block'.
-  config.model_args.pairing = "concat"  # Light gates' channel pairs: 'concat' or 'interleave'.
+  config.model_args.pairing = "interleave"  # Light gates' channel pairs: 'interleave' (x_k with
+  #                                           h_k) or 'concat' (channels 2k, 2k+1 of [x, h]).
   config.model_args.regulated_stages = ()  # 1-based stages with a regulator; () = all (Table V).
-  config.model_args.cell_impl = "auto"  # auto (C++ kernel on CPU), kernel, elementwise, conv.
   config.model_args.scan_unroll = -1  # Scan steps per loop iteration; -1: all (fast on CPU).
-  config.model_args.conv_grad = "auto"  # Conv kernel grad: auto (CPU: kernel), swapped, lax.
+  # Implementation (same parameters and results; chosen before tracing, see regnet_jax/cpu):
+  config.model_args.cell_impl = "auto"  # auto (CPU: C++ gate kernels), reference, kernel.
+  config.model_args.conv_grad = "auto"  # Conv kernel grad: auto (CPU: swapped), reference,
+  #                                       swapped, kernel (C++; fast only with AVX-512).
 
   # Data.
   config.dataset = "cifar10"  # cifar10, cifar100, imagenet2012 or imagenette.
+  config.input = "tfds"  # 'tfds' (host pipeline) or 'resident' (CIFAR held on the devices).
   config.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir; None: tfds's.
   config.shuffle_buffer = 50_000  # Examples in the shuffle buffer (a whole CIFAR epoch).
   config.prefetch_batches = 2  # Batches placed on the devices ahead of the train step.
@@ -40,7 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.nesterov = False  # Nesterov momentum (the paper does not say; off).
   config.weight_decay = 1e-4  # L2 on conv/dense/cell kernels, added to the gradient.
   config.label_smoothing = 0.0  # Label smoothing of the cross-entropy target.
-  config.half_precision = False  # bfloat16 compute (params, BN stats, loss stay float32).
+  config.half_precision = False  # bfloat16 compute (params, BN stats, loss stay float32);
+  #                                 None: bfloat16 on GPUs and TPUs, float32 on CPUs.
 
   # Loop.
   config.log_every_steps = 100  # Train metrics to TensorBoard every this many steps.

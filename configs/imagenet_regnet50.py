@@ -7,5 +7,5 @@ from configs import imagenet_resnet50
 
 def get_config() -> ml_collections.ConfigDict:
   config = imagenet_resnet50.get_config()
-  config.model = "regnet50"
+  config.model = "regnet50"  # ConvLSTM regulators in every stage.
   return config

@@ -5,13 +5,15 @@ reported parameters and FLOPs, where the paper gives them.
 
 Two MAC counts are shown:
 - ``MACs``: the conventional count (every kernel tap of every output element, padding
-  included), read off the convolutions and matrix products of the traced forward program, with
-  scanned blocks counted once per step. This is the convention of the paper and of the
-  reconstruction notes. The light-weight cell convolutions are counted with
-  ``cell_impl='conv'``, whose arithmetic and parameters equal the default elementwise form.
-- ``XLA MACs``: half of the ``flops`` of XLA's cost analysis of the compiled forward pass.
-  XLA skips kernel taps that fall on zero padding and adds elementwise work (BN, gates,
-  activations), so it differs from the conventional count by a few percent.
+  included), read off the convolutions and matrix products of the traced forward program of
+  the reference implementation, with scanned blocks counted once per step. This is the
+  convention of the paper. A light-weight gate's grouped 1x1 (two MACs per output) is written
+  as an elementwise mix and counted with its depthwise 3x3, the only depthwise convolution in
+  these networks.
+- ``XLA MACs`` (``--xla``): half of the ``flops`` of XLA's cost analysis of the compiled
+  forward pass of the reference implementation. XLA skips kernel taps that fall on zero
+  padding and adds elementwise work (BN, gates, activations), so it differs from the
+  conventional count by a few percent. Compiling every model takes minutes.
 """
 
 from __future__ import annotations
@@ -43,13 +45,13 @@ PAPER = {
 }
 
 
-def _example(model: models._Network, image_size: int, batch: int = 1) -> tuple[Any, jax.Array]:
+def _example(model: models.Network, image_size: int, batch: int = 1) -> tuple[Any, jax.Array]:
   x = jnp.zeros((batch, image_size, image_size, 3), jnp.float32)
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
   return variables, x
 
 
-def count_params(model: models._Network, image_size: int) -> int:
+def count_params(model: models.Network, image_size: int) -> int:
   """Number of trainable parameters (the ``params`` collection)."""
   variables, _ = _example(model, image_size)
   return sum(math.prod(p.shape) for p in jax.tree.leaves(variables["params"]))
@@ -65,6 +67,8 @@ def _jaxpr_macs(jaxpr: jex_core.Jaxpr) -> int:
       dn = eqn.params["dimension_numbers"]
       out_features = kernel.shape[dn.rhs_spec[0]]
       total += math.prod(out.shape) * math.prod(kernel.shape) // out_features
+      if eqn.params["feature_group_count"] == out_features > 1:  # a light gate's depthwise 3x3
+        total += 2 * math.prod(out.shape)  # and its grouped 1x1 (two inputs per output)
     elif name == "dot_general":
       (contract, _), _ = eqn.params["dimension_numbers"]
       lhs = eqn.invars[0].aval
@@ -75,15 +79,14 @@ def _jaxpr_macs(jaxpr: jex_core.Jaxpr) -> int:
   return total
 
 
-def count_macs(model: models._Network, image_size: int) -> int:
+def count_macs(model: models.Network, image_size: int) -> int:
   """Conventional multiply-accumulates of one eval-mode forward pass of one image."""
-  model = model.clone(cell_impl="conv")
   variables, x = _example(model, image_size)
   closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
   return _jaxpr_macs(closed.jaxpr)
 
 
-def xla_macs(model: models._Network, image_size: int) -> float:
+def xla_macs(model: models.Network, image_size: int) -> float:
   """Half the FLOPs of XLA's cost analysis of the compiled eval forward pass of one image."""
   variables, x = _example(model, image_size)
   fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
@@ -97,9 +100,11 @@ def _fmt(n: float) -> str:
   return f"{n / 1e9:.3f}G" if n >= 1e9 else f"{n / 1e6:.3f}M"
 
 
-def table(names: list[str], num_classes: int | None = None, xla: bool = True) -> str:
-  """The summary table as text; CIFAR models get 10 classes, ImageNet ones 1000."""
-  header = ["model", "input", "params", "MACs", "XLA MACs", "paper params", "paper FLOPs"]
+def table(names: list[str], num_classes: int | None = None, xla: bool = False) -> str:
+  """The summary table as text; CIFAR models get 10 classes, ImageNet ones 1000. ``xla``: also
+  XLA's count (compiles every model)."""
+  header = ["model", "input", "params", "MACs", *(["XLA MACs"] if xla else []),
+            "paper params", "paper FLOPs"]
   rows = []
   for name in names:
     size = models.get_spec(name).image_size
@@ -107,7 +112,7 @@ def table(names: list[str], num_classes: int | None = None, xla: bool = True) ->
     model = models.create_model(name, classes)
     paper = PAPER.get(name, {})
     rows.append([name, f"{size}x{size}", f"{count_params(model, size):,}",
-                 _fmt(count_macs(model, size)), _fmt(xla_macs(model, size)) if xla else "-",
+                 _fmt(count_macs(model, size)), *([_fmt(xla_macs(model, size))] if xla else []),
                  paper.get("params", ""), paper.get("flops", "")])
   widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
   line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
@@ -116,11 +121,12 @@ def table(names: list[str], num_classes: int | None = None, xla: bool = True) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--models", nargs="*", default=None, help="default: every model")
   parser.add_argument("--num_classes", type=int, default=None,
                       help="default: 10 for CIFAR models, 1000 for ImageNet models")
-  parser.add_argument("--no_xla", action="store_true", help="skip compiling for XLA's count")
+  parser.add_argument("--xla", action="store_true",
+                      help="also XLA's count of each compiled forward pass (minutes)")
   args = parser.parse_args(argv)
   try:
     names = args.models or models.list_models()
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
       models.get_spec(name)
   except ValueError as e:
     parser.error(str(e))
-  print(table(names, args.num_classes, xla=not args.no_xla))
+  print(table(names, args.num_classes, xla=args.xla))
 
 
 if __name__ == "__main__":

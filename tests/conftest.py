@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 
@@ -32,62 +33,51 @@ if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(STDERR_DIR):
   os.close(_log)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# The genuine offline datasets: ../shared/data beside the checkout (as in CI), or $REGNET_DATA.
-SHARED_DATA = pathlib.Path(os.environ.get("REGNET_DATA", REPO.parent / "shared" / "data"))
+# Small real slices of the offline datasets, shipped with the tests (tests/testdata/make_slices.py).
+TESTDATA = REPO / "tests" / "testdata"
+# The full offline copies, for the few tests that need them: where $REGNET_DATA points.
+FULL_DATA = os.environ.get("REGNET_DATA")
 
 
-def _slice_npz(src: pathlib.Path, dst: pathlib.Path, count: int) -> None:
-  """Writes ``count`` evenly spaced examples of an offline .npz (classes are grouped)."""
-  with np.load(src) as d:
-    jpeg, offsets, labels = d["jpeg"], d["offsets"], d["labels"]
-  idx = np.linspace(0, len(labels) - 1, count).astype(int)
-  parts = [jpeg[offsets[i]:offsets[i + 1]] for i in idx]
-  new_offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
-  np.savez(dst, jpeg=np.concatenate(parts), offsets=new_offsets, labels=labels[idx])
-
-
-def _require(path: pathlib.Path) -> pathlib.Path:
+def full_data(*parts: str) -> pathlib.Path:
+  """A file of the full offline copies; the test skips, saying why, where $REGNET_DATA is unset."""
+  if not FULL_DATA:
+    pytest.skip("needs the full offline datasets: set REGNET_DATA to their folder")
+  path = pathlib.Path(FULL_DATA, *parts)
   if not path.exists():
-    pytest.skip(f"offline data not found at {path} (set REGNET_DATA)")
+    pytest.fail(f"REGNET_DATA={FULL_DATA} has no {'/'.join(parts)}")
   return path
 
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory) -> str:
-  """A tfds data_dir with real CIFAR-10 (512 train / 200 test) and Imagenette (40 train /
-  20 validation) slices, imported with `regnet_jax.import_data`."""
-  from regnet_jax import import_data
+  """A tfds data_dir with the real CIFAR-10 (512 train / 200 test) and Imagenette (40 train /
+  20 validation) slices of tests/testdata, imported with `regnet_jax.import_data`."""
+  from regnet_jax.data import import_data
 
-  root = tmp_path_factory.mktemp("data")
-  data_dir = root / "tfds"
-  for dataset, files in (("cifar10", {"train": 512, "test": 200}),
-                         ("imagenette", {"train": 40, "val": 20})):
-    src = _require(SHARED_DATA / dataset)
-    dst = root / f"{dataset}_src"
-    dst.mkdir()
-    for split, count in files.items():
-      _slice_npz(src / f"{split}-jpeg.npz", dst / f"{split}-jpeg.npz", count)
-    import_data.import_dataset(dataset, str(dst), str(data_dir))
+  data_dir = tmp_path_factory.mktemp("data") / "tfds"
+  for dataset in ("cifar10", "imagenette"):
+    import_data.import_dataset(dataset, str(TESTDATA / dataset), str(data_dir))
   return str(data_dir)
 
 
 @pytest.fixture(scope="session")
 def imagenet_sample() -> tuple[list[bytes], np.ndarray]:
-  """The 209 ImageNet photographs of varied sizes (4 greyscale) as JPEG bytes and labels."""
-  from regnet_jax.import_data import read_npz
+  """34 ImageNet photographs of varied sizes (4 greyscale) as JPEG bytes and labels."""
+  from regnet_jax.data.import_data import read_npz
 
-  return read_npz(str(_require(SHARED_DATA / "imagenette" / "imagenet-sample-jpeg.npz")))
+  return read_npz(str(TESTDATA / "imagenette" / "imagenet-sample-jpeg.npz"))
 
 
 @pytest.fixture
 def no_compiler(monkeypatch, tmp_path):
   """No C++ compiler and an empty kernel cache (``tmp_path``), with the compiled CPU kernels'
   cached library and build check cleared before and after the test."""
-  from regnet_jax import cpu_kernels
+  from regnet_jax.cpu import kernels
 
   monkeypatch.setenv("CXX", "no-such-compiler-xyz")
   monkeypatch.setenv("REGNET_KERNEL_CACHE", str(tmp_path))
-  clear = lambda: (cpu_kernels.library.cache_clear(), cpu_kernels._builds.cache_clear())
+  clear = lambda: (kernels.library.cache_clear(), kernels.builds.cache_clear())
   clear()
   yield tmp_path
   clear()
@@ -100,15 +90,26 @@ def pytest_configure(config):
     os.environ[STDERR_DIR] = tempfile.mkdtemp(prefix="regnet_jax_worker_stderr_")
 
 
+# The first line of a C++ fatal message: glog/absl's "F<mmdd> ...", a failed CHECK, a C++
+# exception that ends the process.
+_CPP_FATAL = re.compile(r"^F\d{4} |Check failed|terminate called|\*\*\* Check failure")
+
+
 def crash_report(text: str, context: int = 10, frames: int = 8) -> list[str]:
   """What a dead worker's stderr says of its death, short enough for the tail of a CI log: for
-  each "Fatal Python error", the ``context`` lines before it (the C++ message, if any), the error
-  and the innermost ``frames`` of the crashing thread (faulthandler calls it "Current thread")."""
+  each "Fatal Python error", the C++ fatal message above it (however many stack frames lie in
+  between) with the line after it, the ``context`` lines before the error, the error, and the
+  innermost ``frames`` of the crashing thread (faulthandler calls it "Current thread")."""
   lines = [line[:300] for line in text.splitlines()]
   report = []
   for i, line in enumerate(lines):
     if line.startswith("Fatal Python error"):
-      report += lines[max(0, i - context):i + 1]
+      first = max(0, i - context)
+      message = next((j for j in range(max(0, i - 500), first)
+                      if _CPP_FATAL.search(lines[j])), None)
+      if message is not None:
+        report += [*lines[message:min(message + 2, first)], "..."]
+      report += lines[first:i + 1]
       current = next((j for j in range(i, len(lines)) if lines[j].startswith("Current thread")),
                      None)
       if current is not None:

@@ -21,9 +21,9 @@ def test_model_benchmark_fields():
 
 
 def test_resident_benchmark_fields():
-  row = throughput.benchmark_resident("resnet20", batch_size=8, steps_per_call=1, calls=1,
+  row = throughput.benchmark_resident("resnet20", batch_size=8, steps=1, warmup=1,
                                       num_devices=1)
-  assert row["steps_per_call"] == 1 and row["train_img_s"] > 0
+  assert row["input"] == "resident" and row["train_img_s"] > 0
   assert row["ms_per_step"] == pytest.approx(8000 / row["train_img_s"])
 
 
@@ -35,7 +35,7 @@ def test_pipeline_benchmark(tfds_dir):
 def test_value_parsing():
   assert throughput.parse_value("1") == 1
   assert throughput.parse_value("0.5") == 0.5
-  assert throughput.parse_value("conv") == "conv"
+  assert throughput.parse_value("kernel") == "kernel"
   assert throughput.parse_variants(["scan_unroll=1", "cell_impl=kernel,pairing=interleave"]) == [
       {}, {"scan_unroll": 1}, {"cell_impl": "kernel", "pairing": "interleave"}]
 
@@ -44,17 +44,19 @@ def test_cell_benchmark_rows():
   from benchmarks import cells
 
   assert cells.stage_shape(2, 8) == (8, 16, 16, 32)
-  rows = cells.benchmark_cells(["gru"], [3], [{}, {"pairing": "interleave"}], batch_size=2,
-                               steps=1, warmup=1, conv_grads=("swapped", "kernel"))
+  rows = cells.benchmark_cells(
+      ["gru"], [3], [{}, {"cell_impl": "reference", "pairing": "interleave"}], batch_size=2,
+      steps=1, warmup=1, conv_grads=("swapped", "kernel"))
   assert [(r["op"], r["variant"]) for r in rows] == [
       ("dense3x3 conv", "conv_grad=swapped"), ("dense3x3 conv", "conv_grad=kernel"),
-      ("gru cell", "default"), ("gru cell", "pairing=interleave")]
+      ("gru cell", "default"), ("gru cell", "cell_impl=reference,pairing=interleave")]
   assert rows[0]["ratio"] == 1.0 and all(r["fwd_bwd_ms"] > 0 for r in rows)
   assert rows[2]["ratio"] == pytest.approx(rows[2]["fwd_bwd_ms"] / rows[0]["fwd_bwd_ms"])
   # The conv's gradient reads x and the cotangent and writes dx, each 2x8x8x64 float32.
   assert rows[0]["mb_accessed"] >= 3 * 2 * 8 * 8 * 64 * 4 / 1e6
-  assert rows[1]["mb_accessed"] is None  # XLA cannot see the compiled kernel's traffic
-  for r in (rows[0], *rows[2:]):
+  # XLA cannot see the compiled kernels' traffic: the kernel gradient, the default (kernel) cell.
+  assert rows[1]["mb_accessed"] is None and rows[2]["mb_accessed"] is None
+  for r in (rows[0], rows[3]):
     assert r["gb_s"] == pytest.approx(r["mb_accessed"] / r["fwd_bwd_ms"])
 
 
@@ -109,3 +111,56 @@ def test_float64_check_measures():
   moved = float64_check.perturbed(params, 1e-3)["k"]
   assert moved.dtype == np.float64
   assert np.std(moved / 2 - 1) == pytest.approx(1e-3, rel=0.1)
+
+
+def test_gpu_benchmarks_script_end_to_end_in_cpu_mode(tmp_path):
+  """benchmarks/gpu_benchmarks.sh, shrunk to the CPU: every part runs, every measurement is a
+  row of results.jsonl, and the tarball holds the rows, the log and the CIFAR runs' events and
+  results table."""
+  import json
+  import os
+  import subprocess
+  import tarfile
+
+  from tests.conftest import REPO, TESTDATA
+
+  out = tmp_path / "out"
+  done = subprocess.run(["bash", "benchmarks/gpu_benchmarks.sh", "1200", str(out),
+                         str(TESTDATA / "cifar10")], cwd=REPO, capture_output=True, text=True,
+                        env={**os.environ, "GPU_BENCHMARKS_CPU": "1"}, timeout=1500)
+  log = (out / "log.txt").read_text()
+  assert done.returncode == 0, log[-3000:]
+  assert sorted(p.name for p in out.iterdir()) == ["log.txt", "results.jsonl",
+                                                   "results.tar.gz"]
+  rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+  assert rows[0]["check"] == "ok" and rows[0]["backend"] == "cpu"
+  assert [(r["model"], r["dtype"]) for r in rows[1:2]] == [("resnet20", "bfloat16")]
+  assert [r["model"] for r in rows[2:4]] == ["resnet20", "regnet20_gru"]  # synthetic batches
+  assert [(r["model"], r["input"]) for r in rows[4:]] == [("resnet20", "resident"),
+                                                          ("regnet20_gru", "resident")]
+  assert "exit status 0" in log and "skipped" not in log and log.rstrip().endswith("done")
+  with tarfile.open(out / "results.tar.gz") as tar:
+    names = tar.getnames()
+  for m in ("resnet20", "regnet20_gru"):
+    assert f"cifar/{m}/config.json" in names
+    assert any(n.startswith(f"cifar/{m}/events.out.tfevents") for n in names)
+    assert not any(n.startswith(f"cifar/{m}/checkpoints") for n in names)
+  assert "cifar/results_gpu.json" in names and "results.jsonl" in names
+
+
+def test_gpu_benchmarks_script_stops_at_a_failed_check(tmp_path):
+  """Not a GPU (and no CPU mode): the first check fails, nothing long runs, and the log and
+  the tarball still come back."""
+  import os
+  import subprocess
+
+  from tests.conftest import REPO
+
+  out = tmp_path / "out"
+  done = subprocess.run(["bash", "benchmarks/gpu_benchmarks.sh", "300", str(out), "unused"],
+                        cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env={k: v for k, v in os.environ.items() if k != "GPU_BENCHMARKS_CPU"})
+  log = (out / "log.txt").read_text()
+  assert done.returncode == 1
+  assert "the JAX backend is 'cpu', not a GPU" in log and "the checks failed: stopping" in log
+  assert "throughput" not in log and (out / "results.tar.gz").exists()

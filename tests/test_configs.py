@@ -6,7 +6,8 @@ import pathlib
 
 import pytest
 
-from regnet_jax import models, train
+from regnet_jax import models
+from regnet_jax.train import loop
 from tests.conftest import REPO
 
 CONFIGS = sorted(p.stem for p in pathlib.Path(REPO, "configs").glob("*.py")
@@ -17,7 +18,7 @@ CONFIGS = sorted(p.stem for p in pathlib.Path(REPO, "configs").glob("*.py")
 def test_config_loads_and_validates(name):
   config = importlib.import_module(f"configs.{name}").get_config()
   assert config.model in models.list_models()
-  train.validate_config(config)
+  loop.validate_config(config)
 
 
 @pytest.mark.parametrize("model", ["resnet20", "regnet20_gru", "se_regnet20_lstm"])

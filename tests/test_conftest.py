@@ -5,7 +5,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO, STDERR_DIR, crash_report
+from tests.conftest import REPO, STDERR_DIR, crash_report
 
 DYING_TESTS = r'''
 import os
@@ -35,6 +35,13 @@ def test_crash_report_keeps_the_message_and_the_crashing_threads_innermost_frame
       "noise", "E c++ message", "Fatal Python error: Aborted",
       "Current thread 0x2 (most recent call first):", '  File "b.py", line 3 in inner']
   assert crash_report("a clean worker's warnings\n") == []
+  # A C++ fatal message far above the error, below it the check failure's stack frames.
+  text = "\n".join(["noise", "F1202 08:30:00.1 thunk.cc:42] Check failed: x == y",
+                    "*** Check failure stack trace: ***", *["    @ 0x1 frame"] * 40,
+                    "Fatal Python error: Aborted"])
+  assert crash_report(text, context=2) == [
+      "F1202 08:30:00.1 thunk.cc:42] Check failed: x == y", "*** Check failure stack trace: ***",
+      "...", "    @ 0x1 frame", "    @ 0x1 frame", "Fatal Python error: Aborted"]
 
 
 def test_dead_workers_last_words_reach_the_end_of_the_log(tmp_path):

@@ -11,13 +11,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from benchmarks import torch_peer  # noqa: E402
-from regnet_jax import models, train_steps  # noqa: E402
+from regnet_jax import models  # noqa: E402
+from regnet_jax.train import steps as train_steps  # noqa: E402
 
 
-def _trained_variables(name, x):
+def _trained_variables(name, x, **overrides):
   """Variables with non-trivial BatchNorm statistics and gate parameters: random init, then
   running averages moved by a few train-mode forward passes."""
-  model = models.create_model(name, 10)
+  model = models.create_model(name, 10, **overrides)
   variables = jax.jit(lambda: model.init(jax.random.key(3, impl="rbg"), x, train=False))()
   # Perturb every parameter so BN scales/biases and gate biases are not at their init values.
   leaves, tree = jax.tree.flatten(variables["params"])
@@ -33,13 +34,16 @@ def _trained_variables(name, x):
   return model, {"params": params, "batch_stats": stats}
 
 
-@pytest.mark.parametrize("name", ["resnet20", "regnet20_rnn", "regnet20_gru", "regnet20_lstm"])
-def test_logits_and_train_loss_match_pytorch(name):
+@pytest.mark.parametrize("name,overrides", [
+    ("resnet20", {}), ("regnet20_rnn", {"pairing": "concat"}),
+    ("regnet20_gru", {"pairing": "concat"}), ("regnet20_gru", {"pairing": "interleave"}),
+    ("regnet20_lstm", {"pairing": "interleave"})])
+def test_logits_and_train_loss_match_pytorch(name, overrides):
   rng = np.random.RandomState(0)
   x = rng.randn(8, 32, 32, 3).astype(np.float32)
   labels = rng.randint(0, 10, 8)
-  model, variables = _trained_variables(name, x)
-  net = torch_peer.peer(name, variables)
+  model, variables = _trained_variables(name, x, **overrides)
+  net = torch_peer.peer(name, variables, **overrides)
   xt = torch.from_numpy(x).permute(0, 3, 1, 2)
 
   net.eval()
@@ -50,7 +54,7 @@ def test_logits_and_train_loss_match_pytorch(name):
 
   net = net.double().train()
   with jax.enable_x64(True), torch.no_grad():
-    model64 = models.create_model(name, 10, dtype=jnp.float64)
+    model64 = models.create_model(name, 10, dtype=jnp.float64, **overrides)
     v64 = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
     logits, updates = jax.jit(lambda v: model64.apply(v, x.astype(np.float64), train=True,
                                                       mutable=["batch_stats"]))(v64)
@@ -76,8 +80,8 @@ def test_no_twin_for_other_variants():
 def test_comparison_detects_a_wrong_channel_pairing():
   """Negative control: the same weights read with the other pairing no longer match."""
   x = np.random.RandomState(0).randn(4, 32, 32, 3).astype(np.float32)
-  model, variables = _trained_variables("regnet20_gru", x)
-  net = torch_peer.peer("regnet20_gru", variables).eval()
+  model, variables = _trained_variables("regnet20_gru", x, pairing="concat")
+  net = torch_peer.peer("regnet20_gru", variables, pairing="concat").eval()
   with torch.no_grad():
     theirs = net(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
   wrong = model.clone(pairing="interleave")

@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regnet_jax import checkpoint, datasets, evaluate, input_pipeline, train_steps
+from regnet_jax import console, data
+from regnet_jax.data import pipeline
+from regnet_jax.train import checkpoint, evaluate
 
 Array = jax.Array
 
@@ -57,26 +59,25 @@ def probe_workdir(workdir: str, last: int = 3, step: int | None = None,
                   batch_size: int = 500, precise_bn: int = 0) -> dict[str, Any]:
   """Runs :func:`probe_counts` over the whole test split of a workdir's dataset, for the last
   ``last`` blocks (all in the last stage, whose width the FC takes). ``precise_bn``: first
-  recompute the BatchNorm statistics over that many training batches (see evaluate.py).
+  recompute the BatchNorm statistics over that many training batches
+  (:func:`regnet_jax.train.evaluate.load_from_workdir`).
 
   Returns ``{'workdir', 'model', 'step', 'blocks': [global 1-based block numbers],
   'accuracy': [...]}``.
   """
-  model, variables, config = evaluate.load_from_workdir(workdir, step)
+  model, variables, config = evaluate.load_from_workdir(workdir, step, precise_bn)
   if step is None:
     step = checkpoint.Checkpointer(workdir, create=False).latest_step()
-  spec = datasets.get_spec(config.dataset)
-  builder = input_pipeline.get_builder(config.dataset, config.data_dir)
+  spec = data.get_spec(config.dataset)
+  builder = pipeline.get_builder(config.dataset, config.data_dir)
   total_blocks, in_last_stage = sum(model.stage_sizes), model.stage_sizes[-1]
   if not 1 <= last <= in_last_stage:  # the FC only fits the last stage's width
     raise ValueError(f"--blocks={last} must be between 1 and the {in_last_stage} blocks of "
                      f"{config.model}'s last stage")
-  if precise_bn > 0:
-    variables = dict(variables, batch_stats=evaluate.recompute_batch_stats(
-        train_steps.Trainer(jax.devices()[:1]), model, variables, config, precise_bn))
-  run = jax.jit(lambda v, b: probe_counts(model, v, b["image"], b["label"], b["mask"], last))
+  run = jax.jit(lambda v, b: probe_counts(model, v, data.normalize(b["image"], spec),
+                                          b["label"], b["mask"], last))
   correct, seen = np.zeros(last), 0.0
-  for batch in input_pipeline.eval_batches(builder, spec, batch_size):
+  for batch in pipeline.eval_batches(builder, spec, batch_size):
     correct += np.asarray(run(variables, batch))
     seen += float(batch["mask"].sum())
   return {"workdir": workdir, "model": config.model, "step": step, "precise_bn": precise_bn,
@@ -85,7 +86,8 @@ def probe_workdir(workdir: str, last: int = 3, step: int | None = None,
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  console.quiet()
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdirs", nargs="+", required=True)
   parser.add_argument("--blocks", type=int, default=3, help="probe this many last blocks")
   parser.add_argument("--precise_bn", type=int, default=0,
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
   try:
     results = [probe_workdir(w, args.blocks, precise_bn=args.precise_bn)
                for w in args.workdirs]
-  except (ValueError, FileNotFoundError, input_pipeline.DatasetNotFoundError) as e:
+  except (ValueError, FileNotFoundError, pipeline.DatasetNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
   blocks = results[0]["blocks"]
   print("| model | step | " + " | ".join(f"block {b}" for b in blocks) + " |")

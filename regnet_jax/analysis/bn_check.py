@@ -20,7 +20,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from regnet_jax import datasets, evaluate, input_pipeline, train, train_steps
+from regnet_jax import console, data
+from regnet_jax.train import evaluate, steps
 
 
 def compare_stats(running: Any, precise: Any, constant_var: float, eps: float = 1e-5
@@ -59,21 +60,21 @@ def replace_constant_channels(running: Any, precise: Any, constant_var: float) -
 def check_workdir(workdir: str, step: int | None = None, batches: int = 20,
                   constant_var: float = 1e-8) -> dict[str, Any]:
   """The per-layer comparison and the three test errors for a checkpoint of ``workdir``."""
-  trainer = train_steps.Trainer()
+  trainer = steps.Trainer()
   state, config, model = evaluate.restore_state(workdir, step, trainer)
+  source = data.create_source(config, trainer.data_sharding,
+                              evaluate.eval_batch_size(config.batch_size, trainer))
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  precise = evaluate.recompute_batch_stats(trainer, model, variables, config, batches)
-  builder = input_pipeline.get_builder(config.dataset, config.data_dir)
-  spec = datasets.get_spec(config.dataset)
-  _, p_eval = trainer.compile_steps(config, train_steps.learning_rate_schedule(config, 1, 1))
+  precise = evaluate.recompute_batch_stats(trainer, model, variables, config, source, batches)
+  _, p_eval = trainer.compile_steps(config, steps.learning_rate_schedule(config, 1, 1))
   errors = {}
   for name, stats in [
       ("running", state.batch_stats), ("precise", precise),
       ("running, constant channels precise",
        replace_constant_channels(state.batch_stats, precise, constant_var))]:
     stats = jax.device_put(stats, trainer.replicated)
-    result = train.evaluate(trainer, p_eval, state.replace(batch_stats=stats), builder, spec,
-                            config.batch_size)
+    result = evaluate.evaluate(p_eval, state.replace(batch_stats=stats), trainer,
+                               source.eval_batches())
     errors[name] = 100 * result["eval_top1_error"]
   return {"workdir": workdir, "step": int(state.step), "batches": batches,
           "layers": compare_stats(state.batch_stats, precise, constant_var),
@@ -81,7 +82,8 @@ def check_workdir(workdir: str, step: int | None = None, batches: int = 20,
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  console.quiet()
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--step", type=int, default=None, help="default: the newest checkpoint")
   parser.add_argument("--batches", type=int, default=20,

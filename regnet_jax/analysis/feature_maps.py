@@ -16,20 +16,24 @@ import os
 import jax
 import numpy as np
 
-from regnet_jax import datasets, evaluate, input_pipeline
+from regnet_jax import console, data
 from regnet_jax.analysis.block_probe import block_outputs
+from regnet_jax.data import pipeline
+from regnet_jax.train import evaluate
 
 
 def stage_maps(model, variables, images: np.ndarray, stage: int) -> dict[str, list[np.ndarray]]:
   """Channel-mean maps of one stage: ``{'I', 'H', 'O'}`` -> per block a ``[B, H, W]`` array
-  (``I`` starts at the stage's second block; ``H`` is empty for unregulated stages)."""
+  (``I``: the block's input, the stage's input or the previous block's output; ``H`` is empty
+  for unregulated stages)."""
   _, state = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]))(
       variables, images)
   inter = state["intermediates"]
   mean = lambda t: np.asarray(t, np.float32).mean(-1)
   outs = [mean(o) for o in block_outputs(inter, "features", (stage,))]
   hidden = [mean(h) for h in block_outputs(inter, "hidden", (stage,))]
-  return {"I": outs[:-1], "H": hidden, "O": outs}
+  stage_input = mean(inter[f"stage{stage}"]["input"][0])
+  return {"I": [stage_input, *outs[:-1]], "H": hidden, "O": outs}
 
 
 def plot(image: np.ndarray, maps: dict[str, list[np.ndarray]], index: int, title: str,
@@ -51,12 +55,9 @@ def plot(image: np.ndarray, maps: dict[str, list[np.ndarray]], index: int, title
       ax.set_yticks([])
       if name == "image":
         ax.imshow(image)
-      elif name == "I" and r == 0:
-        ax.axis("off")
-        continue
       else:
-        ax.imshow(maps[name][r - 1 if name == "I" else r][index], cmap="viridis")
-      if r == 0 or (name == "I" and r == 1):
+        ax.imshow(maps[name][r][index], cmap="viridis")
+      if r == 0:
         ax.set_title(name)
       if c == 0:
         ax.set_ylabel(f"block {r + 1}")
@@ -73,15 +74,14 @@ def save_feature_maps(workdir: str, out_dir: str, stage: int = 1, num_images: in
   model, variables, config = evaluate.load_from_workdir(workdir, step)
   if not 1 <= stage <= len(model.stage_sizes):
     raise ValueError(f"--stage={stage} must be between 1 and {len(model.stage_sizes)}")
-  spec = datasets.get_spec(config.dataset)
-  builder = input_pipeline.get_builder(config.dataset, config.data_dir)
-  batch = next(input_pipeline.eval_batches(builder, spec, max(num_images, 1)))
-  images = batch["image"][:num_images]
-  maps = stage_maps(model, variables, images, stage)
-  pixels = np.clip(images * np.array(spec.std) + np.array(spec.mean), 0, 255).astype(np.uint8)
+  spec = data.get_spec(config.dataset)
+  builder = pipeline.get_builder(config.dataset, config.data_dir)
+  batch = next(pipeline.eval_batches(builder, spec, max(num_images, 1)))
+  pixels = np.clip(batch["image"][:num_images], 0, 255).astype(np.uint8)
+  maps = stage_maps(model, variables, data.normalize(pixels, spec), stage)
   os.makedirs(out_dir, exist_ok=True)
   paths = []
-  for i in range(len(images)):
+  for i in range(len(pixels)):
     path = os.path.join(out_dir, f"{config.model}_stage{stage}_image{i}.png")
     plot(pixels[i], maps, i, f"{config.model}, stage {stage}, test image {i}", path)
     paths.append(path)
@@ -89,7 +89,8 @@ def save_feature_maps(workdir: str, out_dir: str, stage: int = 1, num_images: in
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  console.quiet()
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--out", required=True, help="folder for the PNG files")
   parser.add_argument("--stage", type=int, default=1)
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
   try:
     for path in save_feature_maps(args.workdir, args.out, args.stage, args.images):
       print(path)
-  except (ValueError, FileNotFoundError, input_pipeline.DatasetNotFoundError) as e:
+  except (ValueError, FileNotFoundError, pipeline.DatasetNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
 
 

@@ -30,7 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from regnet_jax import checkpoint, datasets, input_pipeline, resident, summary, train_steps
+from regnet_jax import console, data, summary
+from regnet_jax.data import pipeline
+from regnet_jax.models.cells import PAIRINGS
+from regnet_jax.train import checkpoint, evaluate, steps
 
 # The paper's test errors (%), Tables I, III and IV, keyed by (dataset, label); see label().
 PAPER_ERROR = {
@@ -78,14 +81,17 @@ def _read_events(path: str, tags: dict[str, dict[int, tuple[float, float]]]) -> 
 
 
 def _event_files(workdir: str) -> list[str]:
+  """The training run's event files (one per process start)."""
   return sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*")))
 
 
 def read_scalars(workdir: str) -> Scalars:
-  """Every scalar of the workdir's event files: ``{tag: [(step, value, wall_time), ...]}``,
-  sorted by step; a step logged twice (a resumed run) keeps its last value."""
+  """Every scalar of the workdir's event files, training's and ``--mode=eval``'s:
+  ``{tag: [(step, value, wall_time), ...]}``, sorted by step; a step logged twice (a resumed
+  run, an evaluation repeated) keeps its last value."""
   found: dict[str, dict[int, tuple[float, float]]] = {}
-  for path in _event_files(workdir):
+  evals = glob.glob(os.path.join(workdir, evaluate.EVAL_EVENTS_DIR, "events.out.tfevents.*"))
+  for path in _event_files(workdir) + sorted(evals):
     _read_events(path, found)
   return {tag: [(s, v, t) for s, (v, t) in sorted(steps.items())] for tag, steps in found.items()}
 
@@ -93,20 +99,22 @@ def read_scalars(workdir: str) -> Scalars:
 def training_hours(workdir: str) -> float:
   """Wall-clock hours of the training processes: each event file (one per process start) from
   its first to its last training event, summed, so time between an interruption and the
-  resumed run is not counted. A ``regnet_jax.resident`` workdir (its events may have been
-  written later, from ``metrics.jsonl``): each process's last ``wall_seconds``, summed."""
-  rows = resident.read_metrics(workdir)
-  if rows:
-    runs: dict[float, float] = {}  # each process's start time -> its last wall_seconds
-    for r in rows:
-      runs[r["run_started"]] = max(runs.get(r["run_started"], 0.0), r["wall_seconds"])
-    return sum(runs.values()) / 3600
+  resumed run is not counted."""
   spans = [_read_events(path, {}) for path in _event_files(workdir)]
   return sum(max(t) - min(t) for t in spans if t) / 3600
 
 
+def pairing(config: Any) -> str | None:
+  """The light-weight gates' channel pairing of a RegNet's config; None for other models."""
+  args = config.get("model_args", {})
+  if "regnet" not in config.model or args.get("cell_conv", "light") != "light":
+    return None
+  return args.get("pairing", "concat")  # configs from before the field ran the literal pairing
+
+
 def label(config: Any) -> str:
-  """The model name plus what the config changes about it (Table I's cell, Table V's stage)."""
+  """The model name plus what the config changes about it (Table I's cell, Table V's stage,
+  the cells' sharing) and, for light-weight gates, their channel pairing."""
   args = config.get("model_args", {})
   parts = [config.model]
   if args.get("cell_conv", "light") != "light":
@@ -115,22 +123,30 @@ def label(config: Any) -> str:
     parts.append("stages " + ",".join(map(str, args["regulated_stages"])))
   if args.get("cell_sharing", "stage") != "stage":
     parts.append(f"{args['cell_sharing']} cells")
+  if pairing(config):
+    parts.append(pairing(config))
   return " ".join(parts)
+
+
+def paper_error(dataset: str, name: str) -> float | None:
+  """The paper's error for a row label (the paper has one reading of the gates' pairing)."""
+  return PAPER_ERROR.get((dataset, " ".join(w for w in name.split() if w not in PAIRINGS)))
 
 
 def summarize(workdir: str) -> dict[str, Any]:
   """One row of the results table for a trained workdir."""
   config = checkpoint.read_config(workdir)
   scalars = read_scalars(workdir)
-  if not scalars.get("eval_top1_error"):
+  evaluations = scalars.get("eval_top1_error") or scalars.get("precise_bn_eval_top1_error")
+  if not evaluations:
     raise ValueError(f"{workdir} has no evaluation in its event files yet")
-  spec = datasets.get_spec(config.dataset)
-  model = train_steps.build_model(config, spec.num_classes)
+  spec = data.get_spec(config.dataset)
+  model = steps.build_model(config, spec.num_classes)
   speeds = [v for _, v, _ in scalars.get("train_images_per_sec", [])[1:]]  # [0]: compiling
-  step, error, _ = scalars["eval_top1_error"][-1]
+  step, error, _ = evaluations[-1]  # precise BN where the workdir has only that
   precise = [e for s, e, _ in scalars.get("precise_bn_eval_top1_error", []) if s == step]
   name = label(config)
-  per_epoch = _steps_per_epoch(workdir, config)
+  per_epoch = _steps_per_epoch(config)
 
   def by_epoch(tag: str, scale: float) -> list[list[float]]:
     return [[s / per_epoch, scale * v] for s, v, _ in scalars.get(tag, [])]
@@ -138,10 +154,11 @@ def summarize(workdir: str) -> dict[str, Any]:
   return {
       "workdir": workdir, "label": name, "model": config.model, "dataset": config.dataset,
       "seed": config.seed, "epochs": config.num_epochs, "batch_size": config.batch_size,
-      "schedule": config.lr_schedule, "step": step,
+      "schedule": config.lr_schedule, "step": step, "pairing": pairing(config),
       "test_error": 100 * error,
+      "precise_bn_only": not scalars.get("eval_top1_error"),
       "test_error_precise_bn": 100 * precise[-1] if precise else None,
-      "paper_error": PAPER_ERROR.get((config.dataset, name)),
+      "paper_error": paper_error(config.dataset, name),
       "params": summary.count_params(model, spec.image_size),
       "macs": summary.count_macs(model, spec.image_size),
       "train_img_s": statistics.median(speeds) if speeds else None,
@@ -183,7 +200,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     precise = r["test_error_precise_bn"]
     lines.append(
         f"| {r['label']} | {r['seed']} | {r['params']:,} | {r['macs'] / 1e6:.1f}M | "
-        f"{r['test_error']:.2f} | {f'{precise:.2f}' if precise is not None else '-'} | "
+        f"{r['test_error']:.2f}{' (precise BN)' if r.get('precise_bn_only') else ''} | "
+        f"{f'{precise:.2f}' if precise is not None else '-'} | "
         f"{paper if paper is not None else '-'} | {delta} | {speed} | {r['hours']:.2f} |")
   return "\n".join(lines)
 
@@ -240,7 +258,7 @@ def protocol_comparison(tables: list[list[dict[str, Any]]]) -> str:
            + f" | paper error % | paper: vs {BASELINE} |",
            "|---|" + "---|---|" * len(heads) + "---|---|"]
   for name in labels:
-    paper, base = PAPER_ERROR.get((dataset, name)), PAPER_ERROR.get((dataset, BASELINE))
+    paper, base = paper_error(dataset, name), paper_error(dataset, BASELINE)
     cells = [c for m in means for c in cell(m, name)]
     cells += [f"{paper:.2f}" if paper is not None else "-",
               f"{paper - base:+.2f}" if paper is not None and base is not None else "-"]
@@ -278,13 +296,9 @@ def plot_error_vs_params(rows: list[dict[str, Any]], path: str, title: str) -> N
   plt.close(fig)
 
 
-def _steps_per_epoch(workdir: str, config: Any) -> float:
-  epochs = resident.read_metrics(workdir)  # a resident run knows its epochs
-  if epochs:
-    return epochs[0]["step"] / epochs[0]["epoch"]
-  builder = input_pipeline.get_builder(config.dataset, config.data_dir, download=False)
-  return input_pipeline.steps_per_epoch(builder, datasets.get_spec(config.dataset),
-                                        config.batch_size)
+def _steps_per_epoch(config: Any) -> float:
+  builder = pipeline.get_builder(config.dataset, config.data_dir, download=False)
+  return pipeline.steps_per_epoch(builder, data.get_spec(config.dataset), config.batch_size)
 
 
 def _history(row: dict[str, Any], tag: str) -> np.ndarray:
@@ -303,14 +317,17 @@ def _error_curve(row: dict[str, Any]) -> tuple[np.ndarray, str]:
 
 def eval_history(rows: list[dict[str, Any]]) -> str:
   """Each run's test error (%) at every evaluation, by epoch: with precise BN where the run
-  evaluated that way during training (marked), else with the running averages. Rows without
-  curves (written before they were recorded) are left out."""
+  evaluated that way during training, and with the running averages; a line each. Rows
+  without curves (written before they were recorded) are left out; "" if none has one."""
   histories = []
   for r in rows:
-    series, kind = _error_curve(r)
-    if len(series):
-      histories.append((f"{r['label']} (seed {r['seed']}), {kind}",
-                        {round(e, 2): v for e, v in series}))
+    for tag, kind in (("precise_bn_test_error", "precise BN"), ("test_error", "running")):
+      series = _history(r, tag)
+      if len(series):
+        histories.append((f"{r['label']} (seed {r['seed']}), {kind}",
+                          {round(e, 2): v for e, v in series}))
+  if not histories:
+    return ""
   epochs = sorted({e for _, h in histories for e in h})
   lines = ["| model, statistics | " + " | ".join(f"{e:g}" for e in epochs) + " |",
            "|---|" + "---|" * len(epochs)]
@@ -324,7 +341,12 @@ def plot_curves(rows: list[dict[str, Any]], path: str, title: str) -> None:
   """Training loss and test error against epochs, one colour per row; a run that also
   evaluated with precise BN during training gets that test error as a dashed line."""
   plt = _pyplot()
-  fig, (loss_ax, err_ax) = plt.subplots(1, 2, figsize=(10, 4))
+  from matplotlib.ticker import MaxNLocator
+
+  entries = sum(1 + (_error_curve(r)[1] == "precise BN") for r in rows)
+  legend_rows = -(-entries // 3)  # the legend below the plots, three entries a line
+  height = 4 + 0.18 * legend_rows
+  fig, (loss_ax, err_ax) = plt.subplots(1, 2, figsize=(10, height))
   for i, r in enumerate(rows):
     name, color = f"{r['label']} (seed {r['seed']})", f"C{i % 10}"
     loss, error = _history(r, "train_loss"), _history(r, "test_error")
@@ -340,10 +362,12 @@ def plot_curves(rows: list[dict[str, Any]], path: str, title: str) -> None:
   err_ax.set_ylabel("test error (%)")
   for ax in (loss_ax, err_ax):
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 5, 10]))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+  fig.legend(*err_ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7,
+             frameon=False)
   fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.18 * legend_rows / height + 0.02, 1, 1))
   fig.savefig(path, dpi=100)
   plt.close(fig)
 
@@ -354,7 +378,8 @@ def _load(path: str) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  console.quiet()
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdirs", nargs="+", default=[], help="trained workdirs, a row each")
   parser.add_argument("--keep", metavar="JSON",
                       help="an earlier results_NAME.json whose rows stay in the table")
@@ -388,7 +413,9 @@ def main(argv: list[str] | None = None) -> None:
                        args.title)
   plot_curves(rows, os.path.join(args.out, f"curves_{args.name}.png"), args.title)
   print(markdown(rows))
-  print("\nTest error % by epoch:\n" + eval_history(rows))
+  history = eval_history(rows)
+  if history:
+    print("\nTest error % by epoch:\n" + history)
   seeds = seed_summary(rows)
   if seeds:
     print("\n" + seeds)

@@ -1,0 +1,46 @@
+"""Data: dataset specs, the tfds pipeline, the offline import and the device-resident source.
+
+- :mod:`~regnet_jax.data.datasets`: what the code knows about each dataset, and
+  :func:`normalize`, the models' input transform.
+- :mod:`~regnet_jax.data.pipeline`: the tfds input pipelines (CIFAR, ImageNet, Imagenette).
+- :mod:`~regnet_jax.data.resident`: CIFAR held on the devices.
+- :mod:`~regnet_jax.data.import_data`: imports a local copy where tfds cannot download.
+
+Both sources give the training loop the same interface: ``steps_per_epoch``,
+``train_batches(start_step)`` and ``eval_batches()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from regnet_jax.data.datasets import DATASETS, DatasetSpec, get_spec, normalize
+
+INPUTS = ("tfds", "resident")
+
+__all__ = ["DATASETS", "INPUTS", "DatasetSpec", "create_source", "get_spec", "normalize"]
+
+
+def create_source(config: Any, data_sharding: Any, eval_batch: int | None = None) -> Any:
+  """The data source of ``config.input``: ``'tfds'`` (streamed from the host) or
+  ``'resident'`` (CIFAR on the devices, batches placed with ``data_sharding``).
+
+  Raises:
+    ValueError: an unknown input, or the resident input for a dataset it cannot hold.
+    pipeline.DatasetNotFoundError: the dataset is not prepared and cannot be downloaded.
+  """
+  from regnet_jax.data import pipeline
+
+  kind = config.get("input", "tfds")
+  if kind not in INPUTS:
+    raise ValueError(f"input={kind!r} is not valid; choose one of {', '.join(INPUTS)}")
+  spec = get_spec(config.dataset)
+  builder = pipeline.get_builder(config.dataset, config.data_dir)
+  if kind == "resident":
+    from regnet_jax.data import resident
+
+    return resident.ResidentSource(resident.load_arrays(builder, spec), spec, config.batch_size,
+                                   config.seed, data_sharding, eval_batch)
+  return pipeline.TfdsSource(builder, spec, config.batch_size, config.seed,
+                             config.shuffle_buffer, config.get("skip_bad_images", False),
+                             eval_batch)

@@ -1,0 +1,310 @@
+"""tfds input pipelines for CIFAR-10/100 and ImageNet (imagenet2012, and Imagenette for tests).
+
+Training order and augmentation are a pure function of ``(seed, step)``: epoch e is shuffled
+with seed ``seed + e`` and every example's random crop and flip use a stateless seed derived
+from its position in the epoch, so a run resumed at step s sees exactly the batches an
+uninterrupted run would, and the global batches do not depend on the number of processes
+(each decodes only its rows of them). Evaluation visits every example of the split exactly
+once, each process its own slice (``tfds.split_for_jax_process``): the last batches are
+padded and the padding masked out (``batch['mask'] == 0``).
+
+Batches are dicts of numpy arrays: ``image [b, S, S, 3]`` pixels on the 0-255 scale (uint8 for
+CIFAR, float32 for ImageNet; the train and eval steps normalise them on the device), ``label
+[b] int32`` and, for evaluation, ``mask [b] float32``; ``b`` is the per-process batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import socket
+from collections.abc import Iterator
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's C++ INFO lines (oneDNN's) off
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from regnet_jax.data.datasets import DatasetSpec, get_spec
+
+# TF only feeds data: keep it off GPUs and TPUs so that JAX has their memory.
+tf.config.set_visible_devices([], "GPU")
+tf.config.set_visible_devices([], "TPU")
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+class DatasetNotFoundError(RuntimeError):
+  """The dataset is neither prepared in the data_dir nor downloadable; says how to get it."""
+
+
+def get_builder(name: str, data_dir: str | None, download: bool = True) -> tfds.core.DatasetBuilder:
+  """The prepared tfds builder of ``name``; downloads and prepares it first where tfds can.
+
+  Raises:
+    DatasetNotFoundError: not prepared and not downloadable here, with the command that
+      imports a local copy (or, for ImageNet, where to put the manual download).
+  """
+  spec = get_spec(name)
+  builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  where = f"--data_dir={data_dir}" if data_dir else "(tfds's default data_dir)"
+  if name == "imagenet2012":
+    hint = ("ImageNet is downloaded by hand: put ILSVRC2012_img_train.tar and "
+            "ILSVRC2012_img_val.tar into <data_dir>/downloads/manual (tfds's manual_dir) and "
+            "run once: python -c \"import tensorflow_datasets as tfds; tfds.builder("
+            f"'imagenet2012', data_dir={data_dir!r}).download_and_prepare()\"")
+  elif spec.importable:
+    hint = ("on a machine without internet access import a local copy with: python -m "
+            f"regnet_jax.import_data --dataset={name} --source=DIR_WITH_NPZ_FILES "
+            f"{where if data_dir else ''}".rstrip())
+  else:
+    hint = "prepare it with tfds on a machine with internet access and copy the data_dir here"
+  if download and name != "imagenet2012" and _online():
+    try:
+      builder.download_and_prepare()
+      return builder
+    except Exception as e:  # tfds raises many kinds of errors on a failed download
+      raise DatasetNotFoundError(
+          f"dataset {name!r} is not prepared in {where} and tfds could not download it "
+          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); {hint}") from None
+  raise DatasetNotFoundError(f"dataset {name!r} is not prepared in {where}; {hint}")
+
+
+def _online(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
+  """Whether tfds's download hosts are reachable (offline, tfds retries for minutes)."""
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing. `seed` arguments are stateless seeds: int tensors of shape [2].
+
+
+def cifar_train(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """4-pixel zero padding, random 32x32 crop, random horizontal flip. ``[32, 32, 3]``."""
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
+  image = tf.image.stateless_random_crop(image, [32, 32, 3], seed=crop_seed)
+  return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+
+
+def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
+  """Bicubic resize to ``[size, size, 3]``, clipped to the 0-255 pixel range."""
+  image = tf.image.resize(image, [size, size], method="bicubic", antialias=True)
+  return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def decode_and_center_crop(image_bytes: tf.Tensor, size: int, crop_padding: int = 32) -> tf.Tensor:
+  """Eval crop: the centre square of side ``size / (size + 32)`` of the shorter side (224 of
+  256), decoded from the JPEG directly, then resized to ``[size, size, 3]`` float32 0-255."""
+  shape = tf.image.extract_jpeg_shape(image_bytes)
+  h, w = shape[0], shape[1]
+  side = tf.cast(size / (size + crop_padding) * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
+  window = tf.stack([(h - side + 1) // 2, (w - side + 1) // 2, side, side])
+  image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+  return _resize(image, size)
+
+
+def decode_and_random_crop(image_bytes: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
+  """Inception crop: a random box of 8-100% of the area and aspect ratio 3/4-4/3 (10 tries;
+  else the centre crop), decoded from the JPEG directly, resized to ``[size, size, 3]``, and
+  flipped at random."""
+  box_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  shape = tf.image.extract_jpeg_shape(image_bytes)
+  begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]), seed=box_seed,
+      min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+      max_attempts=10, use_image_if_no_bounding_boxes=True)
+  y, x, _ = tf.unstack(begin)
+  h, w, _ = tf.unstack(crop)
+  failed = tf.reduce_all(tf.equal(crop[:2], shape[:2]))  # the sampler gave up: whole image
+  image = tf.cond(
+      failed,
+      lambda: decode_and_center_crop(image_bytes, size),
+      lambda: _resize(tf.image.decode_and_crop_jpeg(image_bytes, tf.stack([y, x, h, w]),
+                                                    channels=3), size))
+  return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+
+
+def preprocess(example: dict, spec: DatasetSpec, train: bool, seed: tf.Tensor | None) -> dict:
+  """One tfds example -> ``{'image': [S, S, 3] pixels (0-255), 'label': int32}``."""
+  image = example["image"]
+  if spec.kind == "cifar":
+    image = cifar_train(image, seed) if train else image
+  elif train:
+    image = decode_and_random_crop(image, spec.image_size, seed)
+  else:
+    image = decode_and_center_crop(image, spec.image_size)
+  return {"image": image, "label": tf.cast(example["label"], tf.int32)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets.
+
+
+def _read(builder: tfds.core.DatasetBuilder, split: str, spec: DatasetSpec,
+          shuffle_seed: int | None, raw: bool = False) -> tf.data.Dataset:
+  """The split's examples (``raw``: every image as its encoded bytes), files shuffled with
+  ``shuffle_seed`` (None: in order); each example carries its ``tfds_id``."""
+  skip = raw or spec.kind == "imagenet"
+  decoders = {"image": tfds.decode.SkipDecoding()} if skip else None
+  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False,
+                                add_tfds_id=True)
+  return builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
+                            decoders=decoders, read_config=read_config)
+
+
+def process_batch_size(global_batch: int) -> int:
+  """This process's share of the global batch; ValueError if it does not divide evenly."""
+  n = jax.process_count()
+  if global_batch <= 0 or global_batch % n:
+    raise ValueError(f"batch_size={global_batch} must be a positive multiple of the number of "
+                     f"processes ({n})")
+  return global_batch // n
+
+
+def steps_per_epoch(builder: tfds.core.DatasetBuilder, spec: DatasetSpec,
+                    global_batch: int) -> int:
+  """Full global batches per epoch of the training split (the remainder is dropped)."""
+  examples = builder.info.splits[spec.train_split].num_examples
+  process_batch_size(global_batch)  # divisible over the processes
+  steps = examples // global_batch
+  if steps == 0:
+    raise ValueError(f"batch_size={global_batch} is larger than the training split "
+                     f"({examples} examples)")
+  return steps
+
+
+class BadImageError(ValueError):
+  """A training image cannot be decoded."""
+
+
+def _epoch_order(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, examples: int,
+                 seed: int, epoch: int, shuffle_buffer: int, raw: bool = False
+                 ) -> tf.data.Dataset:
+  """``(i, example)``: the first ``examples`` of epoch ``epoch`` in training order."""
+  ds = _read(builder, spec.train_split, spec, shuffle_seed=seed + epoch, raw=raw)
+  ds = ds.shuffle(shuffle_buffer, seed=seed + epoch, reshuffle_each_iteration=False)
+  return ds.take(examples).enumerate()
+
+
+def undecodable(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_batch: int,
+                seed: int, step: int, shuffle_buffer: int) -> list[str]:
+  """The ``tfds_id`` of every image of global batch ``step`` (0-based) that fails to decode."""
+  steps = steps_per_epoch(builder, spec, global_batch)
+  epoch, position = divmod(step, steps)
+  ds = _epoch_order(builder, spec, steps * global_batch, seed, epoch, shuffle_buffer, raw=True)
+  bad = []
+  for _, ex in ds.skip(position * global_batch).take(global_batch):
+    try:
+      tf.io.decode_image(ex["image"], channels=3, expand_animations=False)
+    except tf.errors.OpError:
+      bad.append(ex["tfds_id"].numpy().decode())
+  return bad
+
+
+def train_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_batch: int,
+                  seed: int, start_step: int = 0, shuffle_buffer: int = 50_000,
+                  skip_bad_images: bool = False) -> Iterator[dict[str, np.ndarray]]:
+  """This process's training batches from global step ``start_step`` on, epoch after epoch.
+
+  The global batches do not depend on the number of processes: every process reads the split
+  in the same shuffled order and keeps only its own rows of each global batch (process p of
+  P: rows ``[p * B/P, (p + 1) * B/P)``) before decoding and augmenting them. So P processes
+  train exactly like one process with the same devices, and a run can resume on another
+  process count. The price is that each process reads (not decodes) every record.
+
+  An image that fails to decode stops the run with a :class:`BadImageError` naming it
+  (``tfds_id``), or, with ``skip_bad_images``, is dropped with a warning (its batch then takes
+  the next example, so later batches shift).
+  """
+  batch = process_batch_size(global_batch)
+  steps = steps_per_epoch(builder, spec, global_batch)
+  index, count = jax.process_index(), jax.process_count()
+  epoch, skip = divmod(start_step, steps)
+  # Bound now: a generator closed at interpreter exit, when the module global `tf` may already
+  # be None, still evaluates this clause.
+  op_error = tf.errors.OpError
+  while True:
+    ds = _epoch_order(builder, spec, steps * global_batch, seed, epoch, shuffle_buffer)
+    ds = ds.skip(skip * global_batch)
+    if count > 1:
+      ds = ds.filter(lambda i, ex: (i % global_batch) // batch == index)
+    # Example i of epoch e is augmented with the stateless seed (seed * 1000003 + e, i).
+    base = tf.constant(seed * 1_000_003 + epoch, tf.int64)
+    ds = ds.map(lambda i, ex, b=base: preprocess(ex, spec, True, tf.stack([b, i])),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+    if skip_bad_images:
+      ds = ds.ignore_errors(log_warning=True)
+    ds = ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
+    it, step = iter(tfds.as_numpy(ds)), epoch * steps + skip
+    while True:
+      try:
+        yield next(it)
+      except StopIteration:
+        break
+      except op_error as e:
+        bad = undecodable(builder, spec, global_batch, seed, step, shuffle_buffer)
+        names = ", ".join(bad) or "unknown"
+        raise BadImageError(
+            f"training image {names} (global batch {step + 1}) cannot be decoded "
+            f"({e.message.splitlines()[0]}); repair or remove it, or set "
+            "--config.skip_bad_images=True to skip such images") from None
+      step += 1
+    epoch, skip = epoch + 1, 0
+
+
+def eval_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_batch: int
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """This process's evaluation batches: every example of the split once, padded and masked.
+
+  Every process yields the same number of batches (collective steps need it).
+  """
+  batch = process_batch_size(global_batch)
+  total = builder.info.splits[spec.eval_split].num_examples
+  most = -(-total // jax.process_count())  # the largest per-process share
+  num_batches = math.ceil(most / batch)
+  ds = _read(builder, tfds.split_for_jax_process(spec.eval_split), spec, shuffle_seed=None)
+  ds = ds.map(lambda ex: dict(preprocess(ex, spec, False, None), mask=tf.constant(1.0)),
+              num_parallel_calls=AUTOTUNE)
+  size = spec.image_size
+  pixels = tf.uint8 if spec.kind == "cifar" else tf.float32
+  pad = tf.data.Dataset.from_tensors({"image": tf.zeros([size, size, 3], pixels),
+                                      "label": tf.constant(0, tf.int32),
+                                      "mask": tf.constant(0.0)}).repeat()
+  ds = ds.concatenate(pad).take(num_batches * batch).batch(batch).prefetch(AUTOTUNE)
+  return iter(tfds.as_numpy(ds))
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsSource:
+  """The tfds input of the training loop (``config.input = 'tfds'``): this process's batches,
+  read, decoded and augmented on the host."""
+
+  builder: tfds.core.DatasetBuilder
+  spec: DatasetSpec
+  global_batch: int
+  seed: int
+  shuffle_buffer: int = 50_000
+  skip_bad_images: bool = False
+  eval_batch: int | None = None  # default: global_batch
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return steps_per_epoch(self.builder, self.spec, self.global_batch)
+
+  def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`train_batches` from global step ``start_step`` on."""
+    return train_batches(self.builder, self.spec, self.global_batch, self.seed, start_step,
+                         self.shuffle_buffer, self.skip_bad_images)
+
+  def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`eval_batches`: every example of the eval split once, padded and masked."""
+    return eval_batches(self.builder, self.spec, self.eval_batch or self.global_batch)

@@ -1,0 +1,38 @@
+"""Checkpointer: a save that does not land is an error, never a silent loss."""
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from regnet_jax.train import checkpoint
+
+STATE = {"params": {"w": jnp.arange(6.0).reshape(2, 3)}, "step": jnp.int32(7)}
+
+
+def test_saved_step_is_on_disk_and_restores(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(7, STATE)
+  ckpt.wait()
+  assert os.listdir(ckpt.directory) == ["7"]
+  restored = ckpt.restore(7, STATE, None)
+  np.testing.assert_array_equal(restored["params"]["w"], STATE["params"]["w"])
+
+
+def test_a_save_that_does_not_land_is_reported_on_wait(tmp_path, monkeypatch):
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(3, STATE)
+  ckpt.wait()
+  monkeypatch.setattr(ckpt.manager, "save", lambda *args, **kwargs: True)  # accepted, lost
+  ckpt.save(5, STATE)
+  with pytest.raises(checkpoint.CheckpointNotSavedError,
+                     match=r"step 5 did not appear .*newest checkpoint there is 3"):
+    ckpt.wait()
+
+
+def test_a_declined_save_is_an_error(tmp_path, monkeypatch):
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  monkeypatch.setattr(ckpt.manager, "save", lambda *args, **kwargs: False)
+  with pytest.raises(checkpoint.CheckpointNotSavedError, match="declined to save step 4"):
+    ckpt.save(4, STATE)
