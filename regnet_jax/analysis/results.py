@@ -163,6 +163,7 @@ def summarize(workdir: str) -> dict[str, Any]:
       "macs": summary.count_macs(model, spec.image_size),
       "train_img_s": statistics.median(speeds) if speeds else None,
       "hours": training_hours(workdir),
+      "runs": checkpoint.read_runs(workdir),  # each start: when, command, code, machine
       # The curves, by epoch: [[epoch, value], ...]; errors in %.
       "history": {"train_loss": by_epoch("train_loss", 1.0),
                   "test_error": by_epoch("eval_top1_error", 100.0),
@@ -203,6 +204,21 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         f"{r['test_error']:.2f}{' (precise BN)' if r.get('precise_bn_only') else ''} | "
         f"{f'{precise:.2f}' if precise is not None else '-'} | "
         f"{paper if paper is not None else '-'} | {delta} | {speed} | {r['hours']:.2f} |")
+  return "\n".join(lines)
+
+
+def provenance(rows: list[dict[str, Any]]) -> str:
+  """Where each row's run came from: every start of its training process (a resumed run has
+  several) with its UTC time, code version, machine and command; rows kept from before
+  ``runs.jsonl`` existed show "-"."""
+  lines = ["| model | seed | started (UTC) | code | machine | command |",
+           "|---|---|---|---|---|---|"]
+  for r in rows:
+    for run in r.get("runs") or [{}]:
+      machine = "; ".join(x for x in (run.get("cpu"), run.get("devices")) if x)
+      lines.append(f"| {r['label']} | {r['seed']} | {run.get('started', '-')} | "
+                   f"{run.get('code', '-')} | {machine or '-'} | "
+                   f"{'`' + run['command'] + '`' if run.get('command') else '-'} |")
   return "\n".join(lines)
 
 
@@ -413,6 +429,7 @@ def main(argv: list[str] | None = None) -> None:
                        args.title)
   plot_curves(rows, os.path.join(args.out, f"curves_{args.name}.png"), args.title)
   print(markdown(rows))
+  print("\nRuns:\n" + provenance(rows))
   history = eval_history(rows)
   if history:
     print("\nTest error % by epoch:\n" + history)

@@ -1,15 +1,20 @@
-"""Orbax checkpoints of the train state, and the run's config beside them.
+"""Orbax checkpoints of the train state, and the run's config and provenance beside them.
 
-Layout of a workdir: ``config.json`` (the run's config), ``checkpoints/<step>/`` (orbax), and
-TensorBoard event files. Checkpoints hold arrays only (no pickled objects).
+Layout of a workdir: ``config.json`` (the run's config), ``runs.jsonl`` (one line per start of
+the training process: when, the command, the code's commit, the machine), ``checkpoints/<step>/``
+(orbax), and TensorBoard event files. Checkpoints hold arrays only (no pickled objects).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
+import platform
 import shutil
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -25,6 +30,71 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
+
+
+RUNS_FILE = "runs.jsonl"
+
+
+def _code_version() -> str:
+  """The git commit of the checkout this package runs from (``+dirty`` when tracked files
+  differ from it), or the installed package's version outside a git checkout."""
+  here = os.path.dirname(os.path.abspath(__file__))
+
+  def git(*args: str) -> str:
+    return subprocess.run(["git", "-C", here, *args], capture_output=True, text=True,
+                          timeout=10, check=True).stdout.strip()
+
+  try:
+    commit = git("rev-parse", "--short=10", "HEAD")
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+  except (OSError, subprocess.SubprocessError):
+    from importlib import metadata
+    try:
+      return "regnet-jax " + metadata.version("regnet-jax")
+    except metadata.PackageNotFoundError:
+      return "unknown"
+
+
+def _cpu_name() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def record_start(workdir: str, devices: list) -> dict[str, Any]:
+  """Appends this start of training to ``runs.jsonl`` (process 0 only) and returns it: UTC
+  time, command line, code version, CPU, devices, process count and jax version."""
+  kinds: dict[str, int] = {}
+  for d in devices:
+    kinds[d.device_kind] = kinds.get(d.device_kind, 0) + 1
+  run = {
+      "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+      "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+      "code": _code_version(),
+      "cpu": f"{_cpu_name()}, {os.cpu_count()} cores",
+      "devices": ", ".join(f"{n} x {kind}" for kind, n in kinds.items()),
+      "processes": jax.process_count(),
+      "jax": jax.__version__,
+  }
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, RUNS_FILE), "a") as f:
+      f.write(json.dumps(run) + "\n")
+  return run
+
+
+def read_runs(workdir: str) -> list[dict[str, Any]]:
+  """The starts recorded in ``runs.jsonl``, oldest first ([] for workdirs without one)."""
+  path = os.path.join(workdir, RUNS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def check_workdir(workdir: str, checkpoint_bytes: int, keep: int) -> None:

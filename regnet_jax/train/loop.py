@@ -87,6 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   state = trainer.replicate(ckpt.restore_latest(state, trainer.replicated) or state)
   checkpoint.write_config(workdir, config)
+  checkpoint.record_start(workdir, trainer.devices)
   start = int(state.step)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)

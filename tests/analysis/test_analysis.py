@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -90,9 +91,16 @@ def test_results_table_and_figures(run, tmp_path, capsys):
   assert row["test_error"] == pytest.approx(100 * reference["eval_top1_error"][STEPS])
   assert row["test_error_precise_bn"] == pytest.approx(
       100 * reference["precise_bn_eval_top1_error"][STEPS])
+  # Provenance: the code's commit (this checkout's), the machine and the command.
+  head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True,
+                        text=True, cwd=os.path.dirname(results.__file__)).stdout.strip()
+  [start] = row["runs"]
+  assert start["code"].removesuffix("+dirty") == (head or start["code"])
+  assert start["devices"] == f"{jax.device_count()} x cpu" and start["processes"] == 1
   results.main(["--workdirs", run, "--out", str(tmp_path), "--name", "t"])
   out = capsys.readouterr().out
   assert "| regnet20_gru interleave | 0 |" in out
+  assert f"| regnet20_gru interleave | 0 | {start['started']} | {start['code']} | " in out
   # 32 steps per epoch (512 training images at batch 16): evaluations at steps 3 and 6.
   precise = reference["precise_bn_eval_top1_error"]
   assert out.split("Test error % by epoch:\n")[1].splitlines()[:3] == [

@@ -101,8 +101,10 @@ def test_one_step_on_one_device_equals_eight():
   # Absolute tolerance: the gradients of the stem kernel and of BatchNorm biases are long sums
   # of cancelling terms. Against a float64 run of this step (docs/performance.md), one device
   # is off by up to 4.7e-5 with XLA's own convolutions at batch 16 (YNNPACK's: 6.7e-5 at batch
-  # 64), 8 devices by 1.7e-7: float32 rounding, so 1e-4; a sharding error is far larger.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), p1, p8)
+  # 64), 8 devices by 1.7e-7; on an AVX2 CPU the two differed by up to 3.1e-4 in a few
+  # elements: float32 rounding, so 1e-3. A sharding error shows in the loss and the BatchNorm
+  # statistics (checked tightly) and moves the parameters by far more.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3), p1, p8)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s1, s8)
 
 
@@ -142,6 +144,9 @@ def test_resumed_equals_uninterrupted(reference_run, tfds_dir, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params8)
   resumed, full = scalars(str(tmp_path))["train_loss"], scalars(workdir)["train_loss"]
   assert [resumed[s] for s in range(4, STEPS + 1)] == [full[s] for s in range(4, STEPS + 1)]
+  runs = checkpoint.read_runs(str(tmp_path))  # each start of the process is recorded
+  assert len(runs) == 2 and runs[0]["started"] <= runs[1]["started"]
+  assert runs[0]["devices"] == f"{jax.device_count()} x cpu" and runs[0]["jax"] == jax.__version__
 
 
 def test_load_from_workdir_for_inference(reference_run):
