@@ -32,6 +32,21 @@ def test_pipeline_benchmark(tfds_dir):
   assert row["img_s"] > 0
 
 
+def test_preprocess_benchmark_table(capsys):
+  """Every variant's row, and the previous preprocessing as the ratios' base."""
+  from benchmarks import preprocess
+
+  preprocess.main(["--rounds", "1", "--cores", "2"])
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith("# 34 photos from ")
+  rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[3:]}
+  assert list(rows) == list(preprocess.VARIANTS)
+  assert rows["previous"][3] == "1.00x"
+  for cells in rows.values():  # per core, x 2 cores
+    assert float(cells[4].rstrip(" |").replace(",", "")) == pytest.approx(
+        2 * float(cells[1]), abs=2)
+
+
 def test_value_parsing():
   assert throughput.parse_value("1") == 1
   assert throughput.parse_value("0.5") == 0.5

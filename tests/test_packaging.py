@@ -55,3 +55,21 @@ def test_tools_run_from_the_installed_package(installed, tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.splitlines() == [str(site / "regnet_jax" / "__init__.py"),
                                      "['cell_cls', 'conv']"]
+
+
+@pytest.mark.parametrize("module, allowed", [
+    ("regnet_jax.models", {"models"}),  # the models know nothing of data, training or the CPU
+    ("regnet_jax.data", {"data"}),
+    ("regnet_jax.cpu", {"cpu"}),
+    ("regnet_jax.train.evaluate", {"models", "data", "cpu", "train"}),
+])
+def test_dependencies_point_one_way(module, allowed):
+  """What importing each package pulls in of the others (in a fresh interpreter); evaluation
+  imports the train state and steps, never the training loop."""
+  code = (f"import sys, {module}; print(sorted({{k for k in sys.modules "
+          "if k.startswith('regnet_jax.')}))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       cwd=REPO).stdout
+  loaded = eval(out)
+  assert {m.split(".")[1] for m in loaded if m.count(".")} <= allowed, loaded
+  assert "regnet_jax.train.loop" not in loaded

@@ -8,9 +8,13 @@ uninterrupted run would, and the global batches do not depend on the number of p
 once, each process its own slice (``tfds.split_for_jax_process``): the last batches are
 padded and the padding masked out (``batch['mask'] == 0``).
 
-Batches are dicts of numpy arrays: ``image [b, S, S, 3]`` pixels on the 0-255 scale (uint8 for
-CIFAR, float32 for ImageNet; the train and eval steps normalise them on the device), ``label
+Batches are dicts of numpy arrays: ``image [b, S, S, 3] uint8`` pixels (the train and eval
+steps normalise them on the device, so the host moves a quarter of float32's bytes), ``label
 [b] int32`` and, for evaluation, ``mask [b] float32``; ``b`` is the per-process batch.
+
+ImageNet crops are resized bilinearly with antialiasing (``RESIZE``): the interpolation of
+torchvision's ``RandomResizedCrop`` and ``Resize`` (PIL), which the paper's PyTorch baselines
+used, at about half the host time of bicubic (``benchmarks/preprocess.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,16 @@ tf.config.set_visible_devices([], "GPU")
 tf.config.set_visible_devices([], "TPU")
 
 AUTOTUNE = tf.data.AUTOTUNE
+RESIZE = {"method": "bilinear", "antialias": True}  # tf.image.resize arguments of every crop
+
+
+def _options() -> tf.data.Options:
+  """tf.data threading as in flax's ImageNet example: one private pool of a thread per core,
+  each map call single-threaded (parallelism comes from ``num_parallel_calls``)."""
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = os.cpu_count() or 1
+  options.threading.max_intra_op_parallelism = 1
+  return options
 
 
 class DatasetNotFoundError(RuntimeError):
@@ -95,27 +109,30 @@ def cifar_train(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
 
 
-def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
-  """Bicubic resize to ``[size, size, 3]``, clipped to the 0-255 pixel range."""
-  image = tf.image.resize(image, [size, size], method="bicubic", antialias=True)
-  return tf.clip_by_value(image, 0.0, 255.0)
+def _resize(image: tf.Tensor, size: int, resize: dict) -> tf.Tensor:
+  """``image`` resized to ``[size, size, 3]`` uint8 (``resize``: tf.image.resize's method and
+  antialias), rounded and clipped to the pixel range."""
+  image = tf.image.resize(image, [size, size], **resize)
+  return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
-def decode_and_center_crop(image_bytes: tf.Tensor, size: int, crop_padding: int = 32) -> tf.Tensor:
+def decode_and_center_crop(image_bytes: tf.Tensor, size: int, crop_padding: int = 32,
+                           resize: dict = RESIZE) -> tf.Tensor:
   """Eval crop: the centre square of side ``size / (size + 32)`` of the shorter side (224 of
-  256), decoded from the JPEG directly, then resized to ``[size, size, 3]`` float32 0-255."""
+  256), decoded from the JPEG directly, then resized to ``[size, size, 3]`` uint8."""
   shape = tf.image.extract_jpeg_shape(image_bytes)
   h, w = shape[0], shape[1]
   side = tf.cast(size / (size + crop_padding) * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
   window = tf.stack([(h - side + 1) // 2, (w - side + 1) // 2, side, side])
   image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
-  return _resize(image, size)
+  return _resize(image, size, resize)
 
 
-def decode_and_random_crop(image_bytes: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
+def decode_and_random_crop(image_bytes: tf.Tensor, size: int, seed: tf.Tensor,
+                           resize: dict = RESIZE) -> tf.Tensor:
   """Inception crop: a random box of 8-100% of the area and aspect ratio 3/4-4/3 (10 tries;
-  else the centre crop), decoded from the JPEG directly, resized to ``[size, size, 3]``, and
-  flipped at random."""
+  else the centre crop), decoded from the JPEG directly, resized to ``[size, size, 3]`` uint8,
+  and flipped at random."""
   box_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   shape = tf.image.extract_jpeg_shape(image_bytes)
   begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
@@ -127,14 +144,14 @@ def decode_and_random_crop(image_bytes: tf.Tensor, size: int, seed: tf.Tensor) -
   failed = tf.reduce_all(tf.equal(crop[:2], shape[:2]))  # the sampler gave up: whole image
   image = tf.cond(
       failed,
-      lambda: decode_and_center_crop(image_bytes, size),
+      lambda: decode_and_center_crop(image_bytes, size, resize=resize),
       lambda: _resize(tf.image.decode_and_crop_jpeg(image_bytes, tf.stack([y, x, h, w]),
-                                                    channels=3), size))
+                                                    channels=3), size, resize))
   return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
 
 
 def preprocess(example: dict, spec: DatasetSpec, train: bool, seed: tf.Tensor | None) -> dict:
-  """One tfds example -> ``{'image': [S, S, 3] pixels (0-255), 'label': int32}``."""
+  """One tfds example -> ``{'image': [S, S, 3] uint8, 'label': int32}``."""
   image = example["image"]
   if spec.kind == "cifar":
     image = cifar_train(image, seed) if train else image
@@ -243,7 +260,7 @@ def train_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_b
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     if skip_bad_images:
       ds = ds.ignore_errors(log_warning=True)
-    ds = ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
+    ds = ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE).with_options(_options())
     it, step = iter(tfds.as_numpy(ds)), epoch * steps + skip
     while True:
       try:
@@ -275,11 +292,11 @@ def eval_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_ba
   ds = ds.map(lambda ex: dict(preprocess(ex, spec, False, None), mask=tf.constant(1.0)),
               num_parallel_calls=AUTOTUNE)
   size = spec.image_size
-  pixels = tf.uint8 if spec.kind == "cifar" else tf.float32
-  pad = tf.data.Dataset.from_tensors({"image": tf.zeros([size, size, 3], pixels),
+  pad = tf.data.Dataset.from_tensors({"image": tf.zeros([size, size, 3], tf.uint8),
                                       "label": tf.constant(0, tf.int32),
                                       "mask": tf.constant(0.0)}).repeat()
   ds = ds.concatenate(pad).take(num_batches * batch).batch(batch).prefetch(AUTOTUNE)
+  ds = ds.with_options(_options())
   return iter(tfds.as_numpy(ds))
 
 

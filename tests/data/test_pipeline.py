@@ -130,20 +130,25 @@ def _pil(raw: bytes) -> np.ndarray:
   return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")).astype(np.float32)
 
 
+# Mean |ours - Pillow's bilinear| on these photos: 0.80-0.99 (JPEG decoders and rounding
+# differ); against Pillow's bicubic it is 1.29-2.19, so the bound also tells the filters apart.
+MAX_MEAN_DIFF = 1.2
+
+
 def test_center_crop_on_varied_photos(imagenet_sample):
   images, _ = imagenet_sample
   for raw in images[::7]:
     out = ip.decode_and_center_crop(tf.constant(raw), 224).numpy()
-    assert out.shape == (224, 224, 3) and out.dtype == np.float32
-    assert out.min() >= 0 and out.max() <= 255
-    # Reference: the central 224/256 square of the shorter side, resized with Pillow.
+    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+    # Reference: the central 224/256 square of the shorter side, resized with Pillow's
+    # bilinear filter (which, like RESIZE, widens its support when it shrinks: antialiasing).
     ref = _pil(raw)
     h, w = ref.shape[:2]
     side = int(224 / 256 * min(h, w))
     top, left = (h - side + 1) // 2, (w - side + 1) // 2
     crop = Image.fromarray(ref[top:top + side, left:left + side].astype(np.uint8))
-    want = np.asarray(crop.resize((224, 224), Image.BICUBIC)).astype(np.float32)
-    assert np.abs(out - want).mean() < 6.0, (h, w)
+    want = np.asarray(crop.resize((224, 224), Image.BILINEAR)).astype(np.float32)
+    assert np.abs(out - want).mean() < MAX_MEAN_DIFF, (h, w)
 
 
 def test_every_photo_of_the_full_sample_decodes_and_crops():
@@ -204,8 +209,7 @@ def test_inception_crop_box_statistics():
 def test_imagenette_batches(tfds_dir):
   builder = ip.get_builder("imagenette", tfds_dir)
   batch = next(ip.train_batches(builder, NETTE, 8, seed=0, shuffle_buffer=40))
-  assert batch["image"].shape == (8, 224, 224, 3) and batch["image"].dtype == np.float32
-  assert batch["image"].min() >= 0 and batch["image"].max() <= 255
+  assert batch["image"].shape == (8, 224, 224, 3) and batch["image"].dtype == np.uint8
   evals = list(ip.eval_batches(builder, NETTE, 8))
   assert sum(b["mask"].sum() for b in evals) == 20
 

@@ -1,8 +1,10 @@
 """The training system end to end on a real CIFAR-10 slice: TensorBoard events, checkpoints,
 evaluation in a new process, 1 device == 8 devices, resumed == uninterrupted."""
 
+import ast
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from configs import cifar, default
@@ -514,3 +517,20 @@ def test_eval_on_a_device_count_that_does_not_divide_the_batch(reference_run, tm
   assert result["eval_examples"] == 200
   assert result["eval_top1_error"] == pytest.approx(
       scalars(reference_run[0])["eval_top1_error"][STEPS], abs=1e-6)
+
+
+def test_readme_python_api_runs_as_written(reference_run, capsys):
+  """README's Python API example, pasted as it stands, on a trained workdir."""
+  workdir, _ = reference_run
+  readme = (REPO / "README.md").read_text()
+  [example] = re.findall(r"## Python API\n\n```python\n(.*?)```", readme, re.S)
+  assert '"workdirs/cifar10_regnet20"' in example
+  exec(example.replace('"workdirs/cifar10_regnet20"', repr(workdir)), {})
+  predicted, true = (ast.literal_eval(part + "]") for part in
+                     capsys.readouterr().out.strip()[:-1].split("] "))
+  names = tfds.builder("cifar10", data_dir=checkpoint.read_config(workdir).data_dir).info \
+      .features["label"].names
+  labels = tfds.as_numpy(tfds.load("cifar10", split="test[:8]", batch_size=-1,
+                                   data_dir=checkpoint.read_config(workdir).data_dir))["label"]
+  assert true == [names[i] for i in labels] and len(predicted) == 8
+  assert set(predicted) <= set(names)
