@@ -8,6 +8,7 @@ Config files are Python code and are executed: only use configs you trust.
 """
 
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -58,9 +59,17 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f"error: {e}\nPass --help to see the flags.")
   except (AttributeError, KeyError) as e:
     field = next((a for a in argv[1:] if a.startswith("--config.")), "--config")
-    name = str(e.args[0] if e.args else e).strip("'\"")
-    sys.exit(f"error: {field}: the config has no field {name!r}; the config file lists every "
-             "field")
+    # ml_collections nests a KeyError whose text is "'name'" plus, for a close match,
+    # '\nDid you mean "other" instead of "name"?'.
+    inner: object = e
+    while isinstance(inner, BaseException) and inner.args:
+      inner = inner.args[0]
+    text = str(inner)
+    name = re.match(r"'?([^'\n]*)", text).group(1)
+    close = re.search(r'Did you mean "([^"]+)"', text)
+    hint = f" (did you mean {close.group(1)!r}?)" if close else ""
+    sys.exit(f"error: {field}: the config has no field {name!r}{hint}; the config file lists "
+             "every field")
   except (TypeError, ValueError) as e:
     field = next((a for a in argv[1:] if a.startswith("--config.")), "--config")
     sys.exit(f"error: {field} does not fit the config: {e}")

@@ -29,9 +29,12 @@ jsonl="$out/results.jsonl" logfile="$out/log.txt"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH="$PWD"
 left() { echo $(( total - ($(date +%s) - start) )); }
 log() { echo "[+$(( $(date +%s) - start ))s] $*" | tee -a "$logfile"; }
-# budget CAP RESERVE: seconds a command may take: at most CAP, leaving RESERVE for what
-# follows; 0 (skip it) when fewer than 10 would be left.
-budget() { local b=$(( $(left) - $2 )); (( b > $1 )) && b=$1; (( b >= 10 )) && echo "$b" || echo 0; }
+# budget CAP RESERVE: seconds a command may take: at most CAP (times $scale), leaving RESERVE
+# for what follows; 0 (skip it) when fewer than 10 would be left.
+budget() {
+  local b=$(( $(left) - $2 )) cap=$(( $1 * scale ))
+  (( b > cap )) && b=$cap; (( b >= 10 )) && echo "$b" || echo 0
+}
 run() {  # run CAP RESERVE NAME COMMAND...: the command under its budget, its status logged
   local cap=$1 reserve=$2 name=$3 b rc
   shift 3
@@ -50,11 +53,13 @@ pack() {
 }
 
 if [ "${GPU_BENCHMARKS_CPU:-0}" = 1 ]; then
+  scale=4  # a shared 2-core CPU compiles slowly: more time per command, within SECONDS
   check_flags=--allow_cpu models50=resnet20 big=(--batch_size 2 --steps 1 --warmup 1)
   cifar_models="resnet20 regnet20_gru" small=(--batch_size 8 --steps 1 --warmup 1)
   train_flags=(--config.num_train_steps=6 --config.batch_size=16 --config.eval_every_steps=3
                --config.eval_precise_bn_batches=1 --config.model_args.depth=8)
 else
+  scale=1
   check_flags= models50="resnet50 regnet50" big=(--batch_size 256 --steps 20 --warmup 3)
   cifar_models="resnet20 regnet20_rnn regnet20_gru regnet20_lstm"
   small=(--batch_size 128 --steps 50 --warmup 5) train_flags=()

@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model_args.pairing = "interleave"  # Light gates' channel pairs: 'interleave' (x_k with
   #                                           h_k) or 'concat' (channels 2k, 2k+1 of [x, h]).
   config.model_args.regulated_stages = ()  # 1-based stages with a regulator; () = all (Table V).
+  config.model_args.shortcut = "B"  # 'B': 1x1 projection + BN where shapes change; 'A': zero-pad.
+  config.model_args.carry_normed_h = True  # Carry ReLU(BN(h)) to the next block, or the raw h.
+  config.model_args.cell_bias = True  # A bias on every gate of the cell.
   config.model_args.scan_unroll = -1  # Scan steps per loop iteration; -1: all (fast on CPU).
   # Implementation (same parameters and results; chosen before tracing, see regnet_jax/cpu):
   config.model_args.cell_impl = "auto"  # auto (CPU: C++ gate kernels), reference, kernel.

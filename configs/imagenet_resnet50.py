@@ -18,4 +18,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_boundaries = (50.0, 70.0)  # Divided by 10 at epochs 50 and 70.
   config.log_every_steps = 500  # 10,009 steps per epoch.
   config.half_precision = None  # bfloat16 compute on GPUs and TPUs, float32 on CPUs.
+  config.model_args.stride_on = "3x3"  # Bottleneck stride on the 3x3 (v1.5) or the first 1x1.
   return config

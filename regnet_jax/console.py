@@ -13,6 +13,8 @@ _ROUTINE = (
     ("orbax", r"", logging.INFO),  # a line per checkpoint save
     ("orbax", r"read.?only|Metadata file does not exist", logging.WARNING),  # evaluation
     ("tensorflow_datasets", r"", logging.INFO),  # dataset info loaded, datasets constructed
+    # A dataset not prepared yet: the caller says so, with what to do.
+    ("tensorflow_datasets", r"has no dataset_info\.json", logging.WARNING),
     ("xla_bridge", r"Unable to initialize backend", logging.INFO),  # libtpu absent on a CPU
     ("deprecation", r"CounterV2", logging.WARNING),  # tfds's own use of a TF deprecation
 )

@@ -104,7 +104,7 @@ def table(names: list[str], num_classes: int | None = None, xla: bool = False) -
   """The summary table as text; CIFAR models get 10 classes, ImageNet ones 1000. ``xla``: also
   XLA's count (compiles every model)."""
   header = ["model", "input", "params", "MACs", *(["XLA MACs"] if xla else []),
-            "paper params", "paper FLOPs"]
+            "paper params", "paper \"FLOPs\" (ImageNet: MACs; CIFAR: 2 x MACs)"]
   rows = []
   for name in names:
     size = models.get_spec(name).image_size

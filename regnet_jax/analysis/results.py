@@ -203,7 +203,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         f"| {r['label']} | {r['seed']} | {r['params']:,} | {r['macs'] / 1e6:.1f}M | "
         f"{r['test_error']:.2f}{' (precise BN)' if r.get('precise_bn_only') else ''} | "
         f"{f'{precise:.2f}' if precise is not None else '-'} | "
-        f"{paper if paper is not None else '-'} | {delta} | {speed} | {r['hours']:.2f} |")
+        f"{f'{paper:.2f}' if paper is not None else '-'} | {delta} | {speed} | "
+        f"{r['hours']:.2f} |")
   return "\n".join(lines)
 
 

@@ -86,6 +86,13 @@ def import_dataset(dataset: str, source: str, data_dir: str | None = None) -> st
     def _generate_examples(self, path):
       return _examples(dataset, path)
 
+    # tfds would announce a download; main() says what happens instead.
+    def _log_download_bytes(self):
+      pass
+
+    def _log_download_done(self):
+      pass
+
   config = name.split("/")[1] if "/" in name else None
   builder = _LocalCopy(data_dir=data_dir, config=config)
   builder.download_and_prepare(
@@ -100,6 +107,15 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--source", required=True, help="folder holding the offline .npz files")
   parser.add_argument("--data_dir", default=None, help="tfds data_dir (default: tfds's own)")
   args = parser.parse_args(argv)
+  import tensorflow_datasets as tfds
+
+  tfds.disable_progress_bar()
+  if args.dataset in SOURCES:
+    prepared = tfds.builder(SOURCES[args.dataset][0], data_dir=args.data_dir)
+    if prepared.is_prepared():
+      print(f"{args.dataset} is already imported in {prepared.data_dir}")
+      return
+  print(f"Importing {args.dataset} from {args.source} (a minute or two)...", flush=True)
   try:
     path = import_dataset(args.dataset, args.source, args.data_dir)
   except (FileNotFoundError, ValueError) as e:

@@ -65,7 +65,8 @@ def get_builder(name: str, data_dir: str | None, download: bool = True) -> tfds.
   builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
   if builder.is_prepared():
     return builder
-  where = f"--data_dir={data_dir}" if data_dir else "(tfds's default data_dir)"
+  where = (f"--data_dir={data_dir}" if data_dir else
+           f"{os.path.dirname(os.path.dirname(builder.data_dir))} (tfds's default data_dir)")
   if name == "imagenet2012":
     hint = ("ImageNet is downloaded by hand: put ILSVRC2012_img_train.tar and "
             "ILSVRC2012_img_val.tar into <data_dir>/downloads/manual (tfds's manual_dir) and "

@@ -175,10 +175,12 @@ class Checkpointer:
   def __init__(self, workdir: str, max_to_keep: int = 3, create: bool = True):
     """``create=False`` (evaluation) never writes to the workdir."""
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    # Reading: no deletions and no saves (orbax's read_only=True would say so in a warning).
     options = (ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True) if create else
                ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=0,
-                                            create=False, read_only=True))
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+                                            create=False))
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_handlers=ocp.StandardCheckpointHandler())
     self._requested: int | None = None  # the newest step passed to save()
 
   def save(self, step: int, state: Any) -> None:
@@ -219,10 +221,9 @@ class Checkpointer:
       CorruptCheckpointError: its metadata or arrays cannot be read.
     """
     template = serialization.to_state_dict(target)
-    path = os.path.join(self.directory, str(step), "default")
     try:
-      saved = ocp.StandardCheckpointer().metadata(path).item_metadata
-      if not jax.tree.leaves(saved):
+      saved = self.manager.item_metadata(step)
+      if saved is None or not jax.tree.leaves(saved):
         raise ValueError("its metadata lists no arrays")
     except Exception as e:  # any failure to read it: damaged
       raise self._unreadable(step, e) from None

@@ -63,10 +63,14 @@ def restore_state(workdir: str, step: int | None, trainer: steps.Trainer
   state = steps.create_train_state(
       model, steps.create_optimizer(config, schedule), config.seed, spec.image_size)
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints, create=False)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
+  saved = sorted(ckpt.manager.all_steps())
+  if not saved:
     raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first "
                             f"(python main.py --config=... --workdir={workdir})")
+  step = saved[-1] if step is None else step
+  if step not in saved:
+    raise FileNotFoundError(f"no checkpoint {step} in {ckpt.directory}; it has steps "
+                            f"{', '.join(map(str, saved))}")
   return ckpt.restore(step, state, trainer.replicated), config, model
 
 

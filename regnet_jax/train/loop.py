@@ -89,6 +89,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpoint.write_config(workdir, config)
   checkpoint.record_start(workdir, trainer.devices)
   start = int(state.step)
+  if start:
+    logging.info("Resuming from the checkpoint of step %d in %s", start, workdir)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start == 0:
@@ -98,6 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                else None)
 
   def run_evaluation(step: int) -> None:
+    logging.info("Evaluating at step %d%s...", step, " (also with precise BN)" if recompute else "")
     writer.write_scalars(step, evaluate.evaluate(p_eval, state, trainer, source.eval_batches()))
     if recompute is not None:  # the same weights, BN statistics recomputed
       stats = recompute({"params": state.params, "batch_stats": state.batch_stats},
@@ -161,6 +164,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   finally:
     ckpt.wait()  # an in-flight save completes (and is checked) even when stopping on an error
   writer.flush()
+  if int(state.step) == num_steps:
+    logging.info("Finished: %d steps; checkpoints and TensorBoard events in %s", num_steps,
+                 workdir)
   return state
 
 

@@ -256,3 +256,17 @@ def test_undecodable_image_is_named_or_skipped(corrupt_tfds_dir):
   batches = _take(ip.train_batches(builder, spec, 4, seed=0, shuffle_buffer=8,
                                                skip_bad_images=True), 3)
   assert [b["image"].shape for b in batches] == [(4, 224, 224, 3)] * 3
+
+
+def test_import_command_says_what_it_did_without_progress_bars(tmp_path, capfd):
+  from regnet_jax.data import import_data
+
+  args = ["--dataset=cifar10", f"--source={TESTDATA / 'cifar10'}", f"--data_dir={tmp_path}"]
+  import_data.main(args)
+  out, err = capfd.readouterr()
+  path = tmp_path / "cifar10" / "3.0.2"
+  assert out.splitlines() == [f"Importing cifar10 from {TESTDATA / 'cifar10'} (a minute or two)...",
+                              f"Imported cifar10 into {path}"]
+  assert "examples/s" not in err and "downloaded" not in out + err
+  import_data.main(args)
+  assert capfd.readouterr().out == f"cifar10 is already imported in {path}\n"

@@ -159,6 +159,8 @@ def test_load_from_workdir_for_inference(reference_run):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables["params"]), params8)
   logits = model.apply(variables, np.zeros((2, 32, 32, 3), np.float32), train=False)
   assert logits.shape == (2, 10)
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint 7 in .*; it has steps 3, 6$"):
+    evaluate.load_from_workdir(workdir, step=7)
 
 
 def test_weight_decay_mask_skips_norms_and_biases():
@@ -296,7 +298,11 @@ def test_missing_dataset_says_how_to_import_and_writes_nothing(tmp_path):
      "error: --config.no_such_field=1: the config has no field 'no_such_field'"),
     (["--config=configs/nope.py"], "error: config file configs/nope.py not found"),
     (["--mode=eval"], "no checkpoint in"),
-    (["--mode=eval", "--step=7"], "checkpoint 7"),
+    (["--config=configs/cifar.py:resnet20", "--config.learning_rat=0.05"],
+     "error: --config.learning_rat=0.05: the config has no field 'learning_rat' (did you mean "
+     "'learning_rate'?); the config file lists every field"),
+    (["--config=configs/cifar.py:resnet20", "--config.model_args.paring=concat"],
+     "has no field 'paring' (did you mean 'pairing'?)"),
 ])
 def test_cli_bad_input_table(reference_run, tmp_path, args, match):
   """One clear last line, no traceback, nothing written to the workdir."""
