@@ -58,7 +58,6 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     sys.exit(f"error: {e}\nPass --help to see the flags.")
   except (AttributeError, KeyError) as e:
-    field = next((a for a in argv[1:] if a.startswith("--config.")), "--config")
     # ml_collections nests a KeyError whose text is "'name'" plus, for a close match,
     # '\nDid you mean "other" instead of "name"?'.
     inner: object = e
@@ -66,6 +65,8 @@ def parse_flags(argv: list[str]) -> list[str]:
       inner = inner.args[0]
     text = str(inner)
     name = re.match(r"'?([^'\n]*)", text).group(1)
+    field = next((a for a in argv[1:] if a.startswith("--config.")
+                  and a.split("=")[0].split(".")[-1] == name), "--config")
     close = re.search(r'Did you mean "([^"]+)"', text)
     hint = f" (did you mean {close.group(1)!r}?)" if close else ""
     sys.exit(f"error: {field}: the config has no field {name!r}{hint}; the config file lists "

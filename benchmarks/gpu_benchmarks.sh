@@ -57,7 +57,7 @@ if [ "${GPU_BENCHMARKS_CPU:-0}" = 1 ]; then
   check_flags=--allow_cpu models50=resnet20 big=(--batch_size 2 --steps 1 --warmup 1)
   cifar_models="resnet20 regnet20_gru" small=(--batch_size 8 --steps 1 --warmup 1)
   train_flags=(--config.num_train_steps=6 --config.batch_size=16 --config.eval_every_steps=3
-               --config.eval_precise_bn_batches=1 --config.model_args.depth=8)
+               --config.eval_precise_bn_batches=1)
 else
   scale=1
   check_flags= models50="resnet50 regnet50" big=(--batch_size 256 --steps 20 --warmup 3)

@@ -301,8 +301,10 @@ def test_missing_dataset_says_how_to_import_and_writes_nothing(tmp_path):
     (["--config=configs/cifar.py:resnet20", "--config.learning_rat=0.05"],
      "error: --config.learning_rat=0.05: the config has no field 'learning_rat' (did you mean "
      "'learning_rate'?); the config file lists every field"),
-    (["--config=configs/cifar.py:resnet20", "--config.model_args.paring=concat"],
-     "has no field 'paring' (did you mean 'pairing'?)"),
+    (["--config=configs/cifar.py:resnet20", "--config.input=tfds",
+      "--config.model_args.paring=concat"],
+     "error: --config.model_args.paring=concat: the config has no field 'paring' (did you "
+     "mean 'pairing'?)"),
 ])
 def test_cli_bad_input_table(reference_run, tmp_path, args, match):
   """One clear last line, no traceback, nothing written to the workdir."""
