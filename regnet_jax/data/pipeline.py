@@ -14,7 +14,7 @@ steps normalise them on the device, so the host moves a quarter of float32's byt
 
 ImageNet crops are resized bilinearly with antialiasing (``RESIZE``): the interpolation of
 torchvision's ``RandomResizedCrop`` and ``Resize`` (PIL), which the paper's PyTorch baselines
-used, at about half the host time of bicubic (``benchmarks/preprocess.py``).
+used (host cost against other choices: ``benchmarks/preprocess.py``).
 """
 
 from __future__ import annotations

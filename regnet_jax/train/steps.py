@@ -53,11 +53,15 @@ def compute_dtype(half_precision: bool | None) -> Any:
   return jnp.bfloat16 if half_precision else jnp.float32
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models.Network:
+def build_model(config: ml_collections.ConfigDict, num_classes: int,
+                reference: bool = False) -> models.Network:
   """The config's model (:func:`make_model` of ``config.model_args``) in the compute dtype of
-  ``half_precision`` (:func:`compute_dtype`)."""
+  ``half_precision`` (:func:`compute_dtype`); ``reference``: the pure-JAX implementation on
+  every backend (what parameter and MAC counts read)."""
   args = dict(config.model_args.to_dict()) if "model_args" in config else {}
   args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+  if reference:
+    args.update(cell_impl="reference", conv_grad="reference")
   dtype = compute_dtype(config.half_precision)
   return make_model(config.model, num_classes, dtype, **args)
 

@@ -88,6 +88,8 @@ def test_results_table_and_figures(run, tmp_path, capsys):
   assert row["label"] == "regnet20_gru interleave" and row["paper_error"] == 7.42
   assert row["pairing"] == "interleave"
   assert row["params"] == summary.count_params(model, 32)
+  # The conventional MACs, whichever implementation trained it (the CPU kernels here).
+  assert row["macs"] == summary.count_macs(models.create_model("regnet20_gru", 10, depth=14), 32)
   assert row["test_error"] == pytest.approx(100 * reference["eval_top1_error"][STEPS])
   assert row["test_error_precise_bn"] == pytest.approx(
       100 * reference["precise_bn_eval_top1_error"][STEPS])
