@@ -33,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.shuffle_buffer = 50_000  # Examples in the shuffle buffer (a whole CIFAR epoch).
   config.prefetch_batches = 2  # Batches placed on the devices ahead of the train step.
   config.skip_bad_images = False  # Skip (with a warning) training images that fail to decode.
+  # With several processes: 'process' (each reads only its share of the training records) or
+  # 'global' (each reads them all; the batches then do not depend on the process count).
+  config.input_sharding = "process"
 
   # Optimisation: SGD with momentum, weight decay on kernels only (not BN or biases).
   config.batch_size = 64  # Global batch, split evenly over all devices of all processes.

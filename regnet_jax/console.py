@@ -16,7 +16,6 @@ _ROUTINE = (
     # A dataset not prepared yet: the caller says so, with what to do.
     ("tensorflow_datasets", r"has no dataset_info\.json", logging.WARNING),
     ("xla_bridge", r"Unable to initialize backend", logging.INFO),  # libtpu absent on a CPU
-    ("deprecation", r"CounterV2", logging.WARNING),  # tfds's own use of a TF deprecation
 )
 
 
@@ -34,6 +33,10 @@ def quiet() -> None:
   from absl import logging as absl_logging
 
   keep = lambda record: not routine(record)
+  # On the loggers the libraries speak through, so that handlers added later (Python's
+  # logging.basicConfig, absl's) are covered too; and on the handlers, for other loggers.
+  for name in ("absl", "tensorflow", "jax._src.xla_bridge"):
+    logging.getLogger(name).addFilter(keep)
   absl_logging.get_absl_handler().addFilter(keep)
   for handler in logging.getLogger().handlers:
     handler.addFilter(keep)

@@ -17,8 +17,11 @@ from typing import Any
 from regnet_jax.data.datasets import DATASETS, DatasetSpec, get_spec, normalize
 
 INPUTS = ("tfds", "resident")
+# How the processes of a multi-process run share the training split (see pipeline's docstring).
+SHARDINGS = ("process", "global")
 
-__all__ = ["DATASETS", "INPUTS", "DatasetSpec", "create_source", "get_spec", "normalize"]
+__all__ = ["DATASETS", "INPUTS", "SHARDINGS", "DatasetSpec", "create_source", "get_spec",
+           "normalize"]
 
 
 def create_source(config: Any, data_sharding: Any, eval_batch: int | None = None) -> Any:
@@ -42,5 +45,7 @@ def create_source(config: Any, data_sharding: Any, eval_batch: int | None = None
     return resident.ResidentSource(resident.load_arrays(builder, spec), spec, config.batch_size,
                                    config.seed, data_sharding, eval_batch)
   return pipeline.TfdsSource(builder, spec, config.batch_size, config.seed,
-                             config.shuffle_buffer, config.get("skip_bad_images", False),
-                             eval_batch)
+                             shuffle_buffer=config.shuffle_buffer,
+                             skip_bad_images=config.get("skip_bad_images", False),
+                             sharding=config.get("input_sharding", "process"),
+                             eval_batch=eval_batch)

@@ -2,9 +2,19 @@
 
 Training order and augmentation are a pure function of ``(seed, step)``: epoch e is shuffled
 with seed ``seed + e`` and every example's random crop and flip use a stateless seed derived
-from its position in the epoch, so a run resumed at step s sees exactly the batches an
-uninterrupted run would, and the global batches do not depend on the number of processes
-(each decodes only its rows of them). Evaluation visits every example of the split exactly
+from its position in the epoch's global batches, so a run resumed at step s sees exactly the
+batches an uninterrupted run would. With several processes (hosts), the training split is
+shared out in one of two ways (``SHARDINGS``, ``config.input_sharding``):
+
+- ``'process'`` (the default): each process reads only its own even share of the records
+  (``tfds.even_splits``) and shuffles it; in every epoch each example is read by one process
+  at most, and once at most. Reading scales with the hosts. The batches depend on the process
+  count, so a run resumes exactly only on the same count.
+- ``'global'``: every process reads the whole split in one shuffled order and decodes only its
+  rows of each global batch. The global batches are then those of one process whatever the
+  count (a run can resume on another count), but each process reads every record.
+
+With one process both are the same. Evaluation visits every example of the split exactly
 once, each process its own slice (``tfds.split_for_jax_process``): the last batches are
 padded and the padding masked out (``batch['mask'] == 0``).
 
@@ -30,7 +40,10 @@ import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
+from tensorflow.python.util import deprecation
 
+from regnet_jax.data import SHARDINGS
 from regnet_jax.data.datasets import DatasetSpec, get_spec
 
 # TF only feeds data: keep it off GPUs and TPUs so that JAX has their memory.
@@ -175,8 +188,9 @@ def _read(builder: tfds.core.DatasetBuilder, split: str, spec: DatasetSpec,
   decoders = {"image": tfds.decode.SkipDecoding()} if skip else None
   read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False,
                                 add_tfds_id=True)
-  return builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
-                            decoders=decoders, read_config=read_config)
+  with deprecation.silence():  # tfds builds the ids with TF's deprecated CounterV2
+    return builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
+                              decoders=decoders, read_config=read_config)
 
 
 def process_batch_size(global_batch: int) -> int:
@@ -189,10 +203,14 @@ def process_batch_size(global_batch: int) -> int:
 
 
 def steps_per_epoch(builder: tfds.core.DatasetBuilder, spec: DatasetSpec,
-                    global_batch: int) -> int:
-  """Full global batches per epoch of the training split (the remainder is dropped)."""
+                    global_batch: int, processes: int | None = None) -> int:
+  """Full global batches per epoch of the training split (the remainder is dropped), the same
+  for either sharding: every process's even share holds at least its rows of them."""
   examples = builder.info.splits[spec.train_split].num_examples
-  process_batch_size(global_batch)  # divisible over the processes
+  count = processes or jax.process_count()
+  if global_batch <= 0 or global_batch % count:
+    raise ValueError(f"batch_size={global_batch} must be a positive multiple of the number of "
+                     f"processes ({count})")
   steps = examples // global_batch
   if steps == 0:
     raise ValueError(f"batch_size={global_batch} is larger than the training split "
@@ -204,23 +222,47 @@ class BadImageError(ValueError):
   """A training image cannot be decoded."""
 
 
-def _epoch_order(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, examples: int,
-                 seed: int, epoch: int, shuffle_buffer: int, raw: bool = False
-                 ) -> tf.data.Dataset:
-  """``(i, example)``: the first ``examples`` of epoch ``epoch`` in training order."""
-  ds = _read(builder, spec.train_split, spec, shuffle_seed=seed + epoch, raw=raw)
+def _epoch_order(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_batch: int,
+                 seed: int, epoch: int, shuffle_buffer: int, sharding: str = "process",
+                 process: tuple[int, int] | None = None, raw: bool = False) -> tf.data.Dataset:
+  """``(g, example)``: this process's examples of epoch ``epoch``, in training order.
+
+  ``g`` is the example's position in the epoch's global batches (global batch ``g //
+  global_batch``, row ``g % global_batch``); process p of P holds rows ``[p * b, (p + 1) * b)``
+  of each, ``b = global_batch / P``. ``process``: ``(index, count)``, default this process's.
+  """
+  index, count = process or (jax.process_index(), jax.process_count())
+  if sharding not in SHARDINGS:
+    raise ValueError(f"input_sharding={sharding!r} is not valid; choose one of "
+                     f"{', '.join(SHARDINGS)}")
+  steps = steps_per_epoch(builder, spec, global_batch, count)
+  batch = global_batch // count
+  if sharding == "global" or count == 1:
+    ds = _read(builder, spec.train_split, spec, shuffle_seed=seed + epoch, raw=raw)
+    ds = ds.shuffle(shuffle_buffer, seed=seed + epoch, reshuffle_each_iteration=False)
+    ds = ds.take(steps * global_batch).enumerate()
+    if count == 1:
+      return ds
+    return ds.filter(lambda g, ex: (g % global_batch) // batch == index)
+  # This process's share; every share holds at least steps * batch examples.
+  split = tfds.even_splits(spec.train_split, count)[index]
+  ds = _read(builder, split, spec, shuffle_seed=seed + epoch, raw=raw)
   ds = ds.shuffle(shuffle_buffer, seed=seed + epoch, reshuffle_each_iteration=False)
-  return ds.take(examples).enumerate()
+  row = lambda j: (j // batch) * global_batch + index * batch + j % batch
+  return ds.take(steps * batch).enumerate().map(lambda j, ex: (row(j), ex))
 
 
 def undecodable(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_batch: int,
-                seed: int, step: int, shuffle_buffer: int) -> list[str]:
-  """The ``tfds_id`` of every image of global batch ``step`` (0-based) that fails to decode."""
-  steps = steps_per_epoch(builder, spec, global_batch)
-  epoch, position = divmod(step, steps)
-  ds = _epoch_order(builder, spec, steps * global_batch, seed, epoch, shuffle_buffer, raw=True)
+                seed: int, step: int, shuffle_buffer: int, sharding: str = "process"
+                ) -> list[str]:
+  """The ``tfds_id`` of every image of this process's rows of global batch ``step`` (0-based)
+  that fails to decode."""
+  batch = process_batch_size(global_batch)
+  epoch, position = divmod(step, steps_per_epoch(builder, spec, global_batch))
+  ds = _epoch_order(builder, spec, global_batch, seed, epoch, shuffle_buffer, sharding,
+                    raw=True)
   bad = []
-  for _, ex in ds.skip(position * global_batch).take(global_batch):
+  for _, ex in ds.skip(position * batch).take(batch):
     try:
       tf.io.decode_image(ex["image"], channels=3, expand_animations=False)
     except tf.errors.OpError:
@@ -230,14 +272,11 @@ def undecodable(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_bat
 
 def train_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_batch: int,
                   seed: int, start_step: int = 0, shuffle_buffer: int = 50_000,
-                  skip_bad_images: bool = False) -> Iterator[dict[str, np.ndarray]]:
-  """This process's training batches from global step ``start_step`` on, epoch after epoch.
-
-  The global batches do not depend on the number of processes: every process reads the split
-  in the same shuffled order and keeps only its own rows of each global batch (process p of
-  P: rows ``[p * B/P, (p + 1) * B/P)``) before decoding and augmenting them. So P processes
-  train exactly like one process with the same devices, and a run can resume on another
-  process count. The price is that each process reads (not decodes) every record.
+                  skip_bad_images: bool = False, sharding: str = "process"
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """This process's training batches from global step ``start_step`` on, epoch after epoch:
+  its rows of each global batch (``b = global_batch / P`` of them), read as ``sharding``
+  says (module docstring), decoded and augmented.
 
   An image that fails to decode stops the run with a :class:`BadImageError` naming it
   (``tfds_id``), or, with ``skip_bad_images``, is dropped with a warning (its batch then takes
@@ -245,19 +284,19 @@ def train_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_b
   """
   batch = process_batch_size(global_batch)
   steps = steps_per_epoch(builder, spec, global_batch)
-  index, count = jax.process_index(), jax.process_count()
   epoch, skip = divmod(start_step, steps)
   # Bound now: a generator closed at interpreter exit, when the module global `tf` may already
   # be None, still evaluates this clause.
   op_error = tf.errors.OpError
+  if shuffle_buffer > 10 * batch:
+    logging.info("Reading the training data: the first batch waits for the %d-example "
+                 "shuffle buffer to fill", shuffle_buffer)
   while True:
-    ds = _epoch_order(builder, spec, steps * global_batch, seed, epoch, shuffle_buffer)
-    ds = ds.skip(skip * global_batch)
-    if count > 1:
-      ds = ds.filter(lambda i, ex: (i % global_batch) // batch == index)
-    # Example i of epoch e is augmented with the stateless seed (seed * 1000003 + e, i).
+    ds = _epoch_order(builder, spec, global_batch, seed, epoch, shuffle_buffer, sharding)
+    ds = ds.skip(skip * batch)
+    # Example g of epoch e is augmented with the stateless seed (seed * 1000003 + e, g).
     base = tf.constant(seed * 1_000_003 + epoch, tf.int64)
-    ds = ds.map(lambda i, ex, b=base: preprocess(ex, spec, True, tf.stack([b, i])),
+    ds = ds.map(lambda g, ex, b=base: preprocess(ex, spec, True, tf.stack([b, g])),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     if skip_bad_images:
       ds = ds.ignore_errors(log_warning=True)
@@ -269,7 +308,7 @@ def train_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_b
       except StopIteration:
         break
       except op_error as e:
-        bad = undecodable(builder, spec, global_batch, seed, step, shuffle_buffer)
+        bad = undecodable(builder, spec, global_batch, seed, step, shuffle_buffer, sharding)
         names = ", ".join(bad) or "unknown"
         raise BadImageError(
             f"training image {names} (global batch {step + 1}) cannot be decoded "
@@ -312,6 +351,7 @@ class TfdsSource:
   seed: int
   shuffle_buffer: int = 50_000
   skip_bad_images: bool = False
+  sharding: str = "process"  # how processes share the training split (module docstring)
   eval_batch: int | None = None  # default: global_batch
 
   @property
@@ -321,7 +361,7 @@ class TfdsSource:
   def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """:func:`train_batches` from global step ``start_step`` on."""
     return train_batches(self.builder, self.spec, self.global_batch, self.seed, start_step,
-                         self.shuffle_buffer, self.skip_bad_images)
+                         self.shuffle_buffer, self.skip_bad_images, self.sharding)
 
   def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
     """:func:`eval_batches`: every example of the eval split once, padded and masked."""

@@ -110,6 +110,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, precise_bn_batches: 
   source = data.create_source(config, trainer.data_sharding,
                               eval_batch_size(config.batch_size, trainer))
   if precise_bn_batches > 0:
+    print(f"Recomputing BatchNorm statistics over {precise_bn_batches} training batches...")
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     state = state.replace(batch_stats=recompute_batch_stats(trainer, model, variables, config,
                                                             source, precise_bn_batches))
@@ -121,8 +122,6 @@ def evaluate_workdir(workdir: str, step: int | None = None, precise_bn_batches: 
   prefix = "precise_bn_" if precise_bn_batches > 0 else ""
   writer.write_scalars(step, {prefix + k: v for k, v in result.items()})
   writer.flush()
-  if precise_bn_batches > 0:
-    print(f"BatchNorm statistics recomputed over {precise_bn_batches} training batches")
   print(f"step {step}: top-1 error {100 * result['eval_top1_error']:.2f}%, top-5 error "
         f"{100 * result['eval_top5_error']:.2f}%, loss {result['eval_loss']:.4f} over "
         f"{int(result['eval_examples'])} examples")

@@ -46,6 +46,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      f"{config.eval_precise_bn_batches!r}")
   if config.lr_schedule not in ("step", "cosine"):
     raise ValueError(f"lr_schedule={config.lr_schedule!r} is not valid; choose step or cosine")
+  if config.get("input_sharding", "process") not in data.SHARDINGS:
+    raise ValueError(f"input_sharding={config.input_sharding!r} is not valid; choose one of "
+                     f"{', '.join(data.SHARDINGS)}")
   if config.get("input", "tfds") not in data.INPUTS:
     raise ValueError(f"input={config.input!r} is not valid; choose one of "
                      f"{', '.join(data.INPUTS)}")

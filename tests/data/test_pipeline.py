@@ -86,6 +86,38 @@ def test_order_is_a_function_of_seed_and_step(tfds_dir):
   assert not np.array_equal(other["label"], full[0]["label"])
 
 
+@pytest.mark.parametrize("sharding", ["process", "global"])
+def test_processes_share_each_epoch(tfds_dir, sharding):
+  """P processes fill every row of every global batch of an epoch once, with every example
+  of the split once (512 = 8 x 64 drops none). With 'process' sharding each process reads
+  only its own share of the records; with 'global' the global batches are those of one
+  process. With one process the two are the same."""
+  builder = ip.get_builder("cifar10", tfds_dir)
+
+  def read(index, count, how=sharding):  # (position in the global batches, tfds_id)
+    ds = ip._epoch_order(builder, CIFAR, 64, seed=3, epoch=1, shuffle_buffer=1000,
+                         sharding=how, process=(index, count), raw=True)
+    return [(int(g), ex["tfds_id"].decode()) for g, ex in tfds.as_numpy(ds)]
+
+  one = read(0, 1)
+  assert [g for g, _ in one] == list(range(512)) and len(set(dict(one).values())) == 512
+  assert one == read(0, 1, "global" if sharding == "process" else "process")
+  for count in (2, 4):
+    shares = [read(i, count) for i in range(count)]
+    together = dict(pair for share in shares for pair in share)
+    assert sum(map(len, shares)) == len(together) == 512  # no position twice
+    assert sorted(together.values()) == sorted(dict(one).values())  # every example once
+    for i, share in enumerate(shares):  # process i holds its rows of each global batch
+      assert {g % 64 // (64 // count) for g, _ in share} == {i}
+      if sharding == "process":  # ... taken from its own records
+        own = tfds.as_numpy(builder.as_dataset(split=tfds.even_splits("train", count)[i],
+                                               read_config=tfds.ReadConfig(add_tfds_id=True),
+                                               decoders={"image": tfds.decode.SkipDecoding()}))
+        assert {name for _, name in share} == {ex["tfds_id"].decode() for ex in own}
+    if sharding == "global":
+      assert together == dict(one)
+
+
 def test_cifar_augmentation_is_a_padded_crop_and_flip():
   image = tf.random.uniform([32, 32, 3], 0, 255, tf.int32)
   padded = np.pad(image.numpy(), ((4, 4), (4, 4), (0, 0)))
