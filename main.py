@@ -96,6 +96,7 @@ def main(argv: list[str]) -> None:
       raise ValueError("--config is required for training (e.g. --config=configs/default.py)")
     else:
       loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, deadline_s=FLAGS.deadline_s)
+    distributed.finished()
   except (ValueError, FileNotFoundError, FloatingPointError, OSError,
           pipeline.DatasetNotFoundError, checkpoint.CorruptCheckpointError) as e:
     sys.exit(f"error: {e}")
