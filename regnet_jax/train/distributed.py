@@ -102,7 +102,9 @@ def _watch_peers() -> None:
   index, count, client = state.process_id, state.num_processes, state.client
   _watch = _PeerWatch(index, count)
   if index == 0:
-    server = socket.create_server(("", 0), backlog=count)
+    dual = socket.has_dualstack_ipv6()  # peers may reach process 0 by IPv4 or IPv6
+    server = socket.create_server(("", 0), family=socket.AF_INET6 if dual else socket.AF_INET,
+                                  backlog=count, dualstack_ipv6=dual)
     client.key_value_set(_WATCH_KEY, str(server.getsockname()[1]))
 
     def accept() -> None:

@@ -25,11 +25,18 @@ EVAL_EVENTS_DIR = "eval"
 
 
 def evaluate(p_eval: Callable, state: steps.TrainState, trainer: steps.Trainer,
-             batches: Iterator[dict[str, Any]]) -> dict[str, float]:
+             batches: Iterator[dict[str, Any]], stop: Callable[[], bool] | None = None
+             ) -> dict[str, float] | None:
   """Top-1/top-5 error and loss of ``state`` over ``batches`` (every example of an eval split,
-  padding masked out), with ``p_eval`` from :meth:`steps.Trainer.compile_steps`."""
+  padding masked out), with ``p_eval`` from :meth:`steps.Trainer.compile_steps`.
+
+  ``stop`` is asked before each batch; once it says True the evaluation is abandoned and None
+  returned (a stop request is served within a batch).
+  """
   sums = None
   for batch in trainer.prefetch(batches, 2):
+    if stop is not None and stop():
+      return None
     out = p_eval(state, batch)
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)

@@ -102,15 +102,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   recompute = (steps.precise_bn(trainer, model, spec) if config.eval_precise_bn_batches > 0
                else None)
 
-  def run_evaluation(step: int) -> None:
+  def run_evaluation(step: int, stop: StopOnSignal) -> None:
+    """Evaluates and logs; abandoned (nothing logged) when a stop is requested meanwhile."""
     logging.info("Evaluating at step %d%s...", step, " (also with precise BN)" if recompute else "")
-    writer.write_scalars(step, evaluate.evaluate(p_eval, state, trainer, source.eval_batches()))
-    if recompute is not None:  # the same weights, BN statistics recomputed
+    stopping = lambda: stop.signal is not None
+    result = evaluate.evaluate(p_eval, state, trainer, source.eval_batches(), stopping)
+    if result is not None:
+      writer.write_scalars(step, result)
+    if recompute is not None and not stopping():  # the same weights, BN statistics recomputed
       stats = recompute({"params": state.params, "batch_stats": state.batch_stats},
                         source.train_batches(0), config.eval_precise_bn_batches)
       result = evaluate.evaluate(p_eval, state.replace(batch_stats=stats), trainer,
-                                 source.eval_batches())
-      writer.write_scalars(step, {"precise_bn_" + k: v for k, v in result.items()})
+                                 source.eval_batches(), stopping)
+      if result is not None:
+        writer.write_scalars(step, {"precise_bn_" + k: v for k, v in result.items()})
+    if stopping():
+      logging.warning("Evaluation at step %d abandoned: stopping (%s)", step, stop.signal)
 
   every = lambda n: n if n > 0 else steps_per_epoch
   log_every, eval_every, ckpt_every = (every(config.log_every_steps),
@@ -150,9 +157,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           writer.write_scalars(step, summary)
           pending = []
         if step % eval_every == 0 or step == num_steps:
-          run_evaluation(step)
+          run_evaluation(step, stop)
           timer, timed_steps = time.perf_counter(), 0  # the rate leaves evaluation out
-        if step % ckpt_every == 0 or last:
+        if step % ckpt_every == 0 or last or stop.signal is not None:  # (stop: during eval)
           if pending:  # never save parameters that produced a non-finite loss
             _mean_finite(pending, step, workdir)
           if not _all_finite(state.params):

@@ -403,6 +403,33 @@ def test_a_signal_stops_within_two_steps_with_a_checkpoint(tfds_dir, tmp_path, s
   assert int(resumed.step) == saved[0] + 1
 
 
+def test_a_signal_during_evaluation_stops_within_a_batch_with_a_checkpoint(tfds_dir, tmp_path):
+  """SIGINT while the step-2 evaluation reads its first batches: the evaluation is abandoned
+  (nothing logged for it), step 2 is saved although it is no checkpoint step, and the run
+  stops there."""
+  import signal
+
+  config = tiny_config(tfds_dir, eval_every_steps=2, checkpoint_every_steps=100)
+  real = data.create_source(config, train_steps.Trainer().data_sharding)
+  served = []
+
+  def eval_batches():
+    for batch in real.eval_batches():
+      served.append(1)
+      if len(served) == 1:
+        os.kill(os.getpid(), signal.SIGINT)  # served by the loop's handler, not KeyboardInterrupt
+      yield batch
+
+  source = types.SimpleNamespace(steps_per_epoch=real.steps_per_epoch,
+                                 train_batches=real.train_batches, eval_batches=eval_batches)
+  state = loop.train_and_evaluate(config, str(tmp_path), source=source)
+  assert int(state.step) == 2
+  assert len(served) <= 4  # of 13: the batch in hand plus what the prefetch had read
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+  logged = scalars(str(tmp_path))
+  assert sorted(logged["train_loss"]) == [1, 2] and "eval_top1_error" not in logged
+
+
 def test_precise_bn_is_the_mean_of_batch_statistics():
   config = tiny_config(None)
   model = train_steps.build_model(config, 10)
