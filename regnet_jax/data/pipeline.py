@@ -193,9 +193,10 @@ def _read(builder: tfds.core.DatasetBuilder, split: str, spec: DatasetSpec,
                               decoders=decoders, read_config=read_config)
 
 
-def process_batch_size(global_batch: int) -> int:
-  """This process's share of the global batch; ValueError if it does not divide evenly."""
-  n = jax.process_count()
+def process_batch_size(global_batch: int, processes: int | None = None) -> int:
+  """This process's share of the global batch (``processes``: default, the run's count);
+  ValueError if it does not divide evenly."""
+  n = processes or jax.process_count()
   if global_batch <= 0 or global_batch % n:
     raise ValueError(f"batch_size={global_batch} must be a positive multiple of the number of "
                      f"processes ({n})")
@@ -207,10 +208,7 @@ def steps_per_epoch(builder: tfds.core.DatasetBuilder, spec: DatasetSpec,
   """Full global batches per epoch of the training split (the remainder is dropped), the same
   for either sharding: every process's even share holds at least its rows of them."""
   examples = builder.info.splits[spec.train_split].num_examples
-  count = processes or jax.process_count()
-  if global_batch <= 0 or global_batch % count:
-    raise ValueError(f"batch_size={global_batch} must be a positive multiple of the number of "
-                     f"processes ({count})")
+  process_batch_size(global_batch, processes)  # divisible over the processes
   steps = examples // global_batch
   if steps == 0:
     raise ValueError(f"batch_size={global_batch} is larger than the training split "
@@ -237,17 +235,16 @@ def _epoch_order(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_ba
                      f"{', '.join(SHARDINGS)}")
   steps = steps_per_epoch(builder, spec, global_batch, count)
   batch = global_batch // count
-  if sharding == "global" or count == 1:
-    ds = _read(builder, spec.train_split, spec, shuffle_seed=seed + epoch, raw=raw)
-    ds = ds.shuffle(shuffle_buffer, seed=seed + epoch, reshuffle_each_iteration=False)
-    ds = ds.take(steps * global_batch).enumerate()
-    if count == 1:
-      return ds
-    return ds.filter(lambda g, ex: (g % global_batch) // batch == index)
-  # This process's share; every share holds at least steps * batch examples.
-  split = tfds.even_splits(spec.train_split, count)[index]
+  whole = sharding == "global" or count == 1
+  # 'process': this process's share, which holds at least steps * batch examples.
+  split = spec.train_split if whole else tfds.even_splits(spec.train_split, count)[index]
   ds = _read(builder, split, spec, shuffle_seed=seed + epoch, raw=raw)
   ds = ds.shuffle(shuffle_buffer, seed=seed + epoch, reshuffle_each_iteration=False)
+  if count == 1:
+    return ds.take(steps * global_batch).enumerate()
+  if whole:
+    ds = ds.take(steps * global_batch).enumerate()
+    return ds.filter(lambda g, ex: (g % global_batch) // batch == index)
   row = lambda j: (j // batch) * global_batch + index * batch + j % batch
   return ds.take(steps * batch).enumerate().map(lambda j, ex: (row(j), ex))
 
