@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
       print(f"{args.dataset} is already imported in {prepared.data_dir}")
       return
   print(f"Importing {args.dataset} from {args.source} (a minute or two)...", flush=True)
+  console.import_tensorflow()  # tfds writes the dataset with it
   try:
     path = import_dataset(args.dataset, args.source, args.data_dir)
   except (FileNotFoundError, ValueError) as e:

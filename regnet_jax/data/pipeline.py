@@ -35,16 +35,16 @@ import os
 import socket
 from collections.abc import Iterator
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TF's C++ INFO lines (oneDNN's) off
 import jax
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
-from tensorflow.python.util import deprecation
 
+from regnet_jax import console
 from regnet_jax.data import SHARDINGS
 from regnet_jax.data.datasets import DatasetSpec, get_spec
+
+tf = console.import_tensorflow()  # without its routine native start-up lines on stderr
 
 # TF only feeds data: keep it off GPUs and TPUs so that JAX has their memory.
 tf.config.set_visible_devices([], "GPU")
@@ -184,6 +184,8 @@ def _read(builder: tfds.core.DatasetBuilder, split: str, spec: DatasetSpec,
           shuffle_seed: int | None, raw: bool = False) -> tf.data.Dataset:
   """The split's examples (``raw``: every image as its encoded bytes), files shuffled with
   ``shuffle_seed`` (None: in order); each example carries its ``tfds_id``."""
+  from tensorflow.python.util import deprecation
+
   skip = raw or spec.kind == "imagenet"
   decoders = {"image": tfds.decode.SkipDecoding()} if skip else None
   read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False,
