@@ -15,6 +15,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -105,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def run_evaluation(step: int, stop: StopOnSignal) -> None:
     """Evaluates and logs; abandoned (nothing logged) when a stop is requested meanwhile."""
     logging.info("Evaluating at step %d%s...", step, " (also with precise BN)" if recompute else "")
-    stopping = lambda: stop.signal is not None
+    stopping = stop.requested
     result = evaluate.evaluate(p_eval, state, trainer, source.eval_batches(), stopping)
     if result is not None:
       writer.write_scalars(step, result)
@@ -117,7 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if result is not None:
         writer.write_scalars(step, {"precise_bn_" + k: v for k, v in result.items()})
     if stopping():
-      logging.warning("Evaluation at step %d abandoned: stopping (%s)", step, stop.signal)
+      logging.warning("Evaluation at step %d abandoned: stopping (%s)", step, stop.reason)
 
   every = lambda n: n if n > 0 else steps_per_epoch
   log_every, eval_every, ckpt_every = (every(config.log_every_steps),
@@ -130,7 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   first_loss = None
   timer, timed_steps = time.perf_counter(), 0  # the steps since the timer started
   try:
-    with StopOnSignal() as stop:
+    with StopOnSignal(trainer) as stop:
       for step in range(start + 1, num_steps + 1):
         if step == start + 1:
           logging.info("Compiling the train step...")
@@ -146,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         report(step)
         if deadline_s is not None and time.perf_counter() - start_time > deadline_s:
           stop.request("the deadline")
-        last = step == num_steps or stop.signal is not None
+        last = stop.requested() or step == num_steps
         if step % log_every == 0 or step == start + 1 or last:
           summary = _mean_finite(pending, step, workdir)
           first_loss = summary["train_loss"] if first_loss is None else first_loss
@@ -159,17 +160,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if step % eval_every == 0 or step == num_steps:
           run_evaluation(step, stop)
           timer, timed_steps = time.perf_counter(), 0  # the rate leaves evaluation out
-        if step % ckpt_every == 0 or last or stop.signal is not None:  # (stop: during eval)
+        if step % ckpt_every == 0 or last or stop.reason is not None:  # (stop: during eval)
           if pending:  # never save parameters that produced a non-finite loss
             _mean_finite(pending, step, workdir)
           if not _all_finite(state.params):
             raise FloatingPointError(f"non-finite parameters after step {step}; the last good "
                                      f"checkpoint in {workdir} is kept (lower the learning rate?)")
           ckpt.save(step, state)
-        if stop.signal is not None:
+        if stop.reason is not None:
           ckpt.wait()  # raises if the checkpoint did not land
           logging.warning("Stopped by %s at step %d; checkpoint saved in %s. Run the same "
-                          "command to resume.", stop.signal, step, workdir)
+                          "command to resume.", stop.reason, step, workdir)
           break
   finally:
     ckpt.wait()  # an in-flight save completes (and is checked) even when stopping on an error
@@ -181,21 +182,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 class StopOnSignal:
-  """Turns SIGTERM and SIGINT (preemption, Ctrl-C) into a request to stop after the current
-  step: the loop then saves a checkpoint and returns. Only in the main thread."""
+  """Turns SIGTERM and SIGINT (preemption, Ctrl-C) and :meth:`request` (the deadline) into a
+  stop after the current step or evaluation batch: the loop then saves a checkpoint and
+  returns. Signals are caught in the main thread only.
+
+  In a multi-process run a signal may reach only some processes, and deadlines pass at
+  different steps, but every process must stop at the same step (their steps and checkpoint
+  saves are collective). So there :meth:`requested` gathers every process's request with a
+  small collective and answers from the previous call's gathering: each process gets the same
+  answers, one call later.
+  """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  REASONS = ("SIGTERM", "SIGINT", "the deadline")  # what a request can be, coded 1, 2, 3
+
+  def __init__(self, trainer: steps.Trainer | None = None):
+    multi = trainer is not None and jax.process_count() > 1
+    self._gather = _gather_codes(trainer) if multi else None
+    self._devices = trainer.devices if multi else []
 
   def __enter__(self) -> StopOnSignal:
-    self.signal: str | None = None
+    self.signal: str | None = None  # this process's request
+    self.reason: str | None = None  # the agreed one, once :meth:`requested` says True
+    self._gathering: jax.Array | None = None
     self._previous = {}
     if threading.current_thread() is threading.main_thread():
       self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     return self
 
   def request(self, reason: str) -> None:
-    """Asks the loop to stop after the current step, for ``reason``."""
+    """Asks the loop to stop, for ``reason`` (one of :attr:`REASONS`)."""
     self.signal = self.signal or reason
+
+  def requested(self) -> bool:
+    """Whether to stop now (then :attr:`reason` says why); in a multi-process run, the same
+    answer on every process at the same call."""
+    if self.reason is not None:
+      pass
+    elif self._gather is None:
+      self.reason = self.signal
+    else:
+      previous = self._gathering
+      self._gathering = self._gather(self.REASONS.index(self.signal) + 1 if self.signal else 0)
+      if previous is not None:
+        codes = np.asarray(previous.addressable_data(0))  # [devices]: each one's process's code
+        if codes.any():
+          first = int(np.flatnonzero(codes)[0])
+          self.reason = (f"{self.REASONS[codes[first] - 1]} on process "
+                         f"{self._devices[first].process_index}")
+    return self.reason is not None
 
   def _handle(self, signum: int, frame: Any) -> None:
     del frame
@@ -204,6 +239,19 @@ class StopOnSignal:
   def __exit__(self, *exc_info: Any) -> None:
     for s, handler in self._previous.items():
       signal.signal(s, handler)
+
+
+def _gather_codes(trainer: steps.Trainer) -> Callable[[int], jax.Array]:
+  """``gather(code)``, called by every process: the ``[devices]`` array of each device's
+  process's ``code`` (in ``trainer.devices``' order), replicated: an all-gather."""
+  local = sum(d.process_index == jax.process_index() for d in trainer.devices)
+  replicate = jax.jit(lambda codes: codes, out_shardings=trainer.replicated)
+
+  def gather(code: int) -> jax.Array:
+    codes = np.full((local,), code, np.int32)
+    return replicate(jax.make_array_from_process_local_data(trainer.data_sharding, codes))
+
+  return gather
 
 
 @jax.jit

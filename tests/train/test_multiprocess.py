@@ -12,6 +12,9 @@ BatchNorm statistics, evaluation, checkpoints) is compared at a learning rate of
 """
 
 import os
+import pathlib
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -85,12 +88,9 @@ def test_two_processes_train_like_one(tfds_dir, tmp_path):
                jax.device_get(variables["params"]), jax.device_get(state.params))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("victim", [0, 1])
-def test_a_dead_peer_ends_the_other_process_with_one_line(tfds_dir, tmp_path, victim):
-  """Process ``victim`` of a two-process main.py run is killed mid-training: the other one
-  ends at once with one line naming it, not in a collective timeout and C++ abort (before the
-  peer watch: blocked about 75 s, then a stack dump and exit 134)."""
+def _launch_main(tmp_path, tfds_dir) -> tuple[list[subprocess.Popen], pathlib.Path]:
+  """Starts a two-process main.py run (2 fake devices each) of a long training, and returns
+  once its checkpoint of step 2 is written: (processes, workdir). Logs: tmp_path/{0,1}.log."""
   workdir = tmp_path / "w"
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   address = f"localhost:{_free_port()}"
@@ -101,12 +101,27 @@ def test_a_dead_peer_ends_the_other_process_with_one_line(tfds_dir, tmp_path, vi
        "--config.num_train_steps=10000", "--config.checkpoint_every_steps=2",
        f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
       cwd=REPO, env=env, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
-  survivor = procs[1 - victim]
   try:
     deadline = time.monotonic() + 300
     while not (workdir / "checkpoints" / "2").is_dir():  # training is under way
       assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
       time.sleep(0.5)
+  except BaseException:
+    for p in procs:
+      p.kill()
+    raise
+  return procs, workdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [0, 1])
+def test_a_dead_peer_ends_the_other_process_with_one_line(tfds_dir, tmp_path, victim):
+  """Process ``victim`` of a two-process main.py run is killed mid-training: the other one
+  ends at once with one line naming it, not in a collective timeout and C++ abort (before the
+  peer watch: blocked about 75 s, then a stack dump and exit 134)."""
+  procs, _ = _launch_main(tmp_path, tfds_dir)
+  survivor = procs[1 - victim]
+  try:
     procs[victim].kill()
     killed = time.monotonic()
     returncode = survivor.wait(timeout=120)
@@ -121,3 +136,24 @@ def test_a_dead_peer_ends_the_other_process_with_one_line(tfds_dir, tmp_path, vi
       f"this process {1 - victim} stops too."), log[-3000:]
   assert "Fatal Python error" not in log and "Check failure" not in log
   assert waited < 30  # the watch ends it at once; without it, about 75 s and an abort
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tfds_dir, tmp_path):
+  """SIGTERM reaches process 1 only (a preempted host): both processes stop at the same step
+  and save its checkpoint together, and both exit normally. (Before, process 1 alone stopped
+  and waited in the checkpoint's barrier while process 0 waited in the next step's
+  all-reduce.)"""
+  procs, workdir = _launch_main(tmp_path, tfds_dir)
+  try:
+    procs[1].send_signal(signal.SIGTERM)
+    returncodes = [p.wait(timeout=120) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  logs = [(tmp_path / f"{i}.log").read_text() for i in range(2)]
+  assert returncodes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+  stopped = [re.findall(r"Stopped by SIGTERM on process 1 at step (\d+); checkpoint saved", log)
+             for log in logs]
+  assert len(stopped[0]) == 1 and stopped[0] == stopped[1], logs[0][-2000:] + logs[1][-2000:]
+  assert stopped[0][0] in os.listdir(workdir / "checkpoints")
