@@ -36,3 +36,14 @@ def test_a_declined_save_is_an_error(tmp_path, monkeypatch):
   monkeypatch.setattr(ckpt.manager, "save", lambda *args, **kwargs: False)
   with pytest.raises(checkpoint.CheckpointNotSavedError, match="declined to save step 4"):
     ckpt.save(4, STATE)
+
+
+@pytest.mark.parametrize("flags, name", [("fpu sse2 avx2 avx512f avx512bw", "AMD EPYC (AVX-512)"),
+                                         ("fpu sse2 avx2 fma", "AMD EPYC")])
+def test_runs_record_the_cpu_and_whether_it_has_avx512(tmp_path, flags, name):
+  """Two VMs that both call their CPU "AMD EPYC" train at 3x different speeds when only one
+  has AVX-512, so the provenance says which."""
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\n"
+                     f"processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n")
+  assert checkpoint._cpu_name(str(cpuinfo)) == name
