@@ -4,9 +4,9 @@
 
 Everything but the length is `cifar10_reduced`'s (batch 128, cosine decay, half an epoch of
 warm-up, the paper's optimiser and augmentation). A RegNet-20 trains it in about 40 minutes on
-2 CPU cores with AVX-512 (1.5 hours without). Each epoch's evaluation is also repeated with precise BN, which does not change
-training: with the literal channel pairing, RegNets' running BatchNorm averages evaluate at
-chance mid-training (docs/results.md). Never tuned per model.
+2 CPU cores with AVX-512 (1.5 hours without). Each epoch's evaluation is also repeated with
+precise BN, which does not change training: with the literal channel pairing, RegNets' running
+BatchNorm averages evaluate at chance mid-training (docs/results.md). Never tuned per model.
 """
 
 import ml_collections
