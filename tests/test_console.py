@@ -30,7 +30,7 @@ def test_routine_library_messages_are_hidden_and_others_shown(tmp_path):
 
 
 _NATIVE = """
-import os, re
+import os
 from regnet_jax import console
 with console._filtered_stderr(console._ROUTINE_NATIVE):
   os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written "

@@ -217,19 +217,16 @@ class StopOnSignal:
   def requested(self) -> bool:
     """Whether to stop now (then :attr:`reason` says why); in a multi-process run, the same
     answer on every process at the same call."""
-    if self.reason is not None:
-      pass
-    elif self._gather is None:
+    if self.reason is None and self._gather is None:
       self.reason = self.signal
-    else:
+    elif self.reason is None:
       previous = self._gathering
       self._gathering = self._gather(self.REASONS.index(self.signal) + 1 if self.signal else 0)
-      if previous is not None:
-        codes = np.asarray(previous.addressable_data(0))  # [devices]: each one's process's code
-        if codes.any():
-          first = int(np.flatnonzero(codes)[0])
-          self.reason = (f"{self.REASONS[codes[first] - 1]} on process "
-                         f"{self._devices[first].process_index}")
+      codes = np.asarray(previous.addressable_data(0)) if previous is not None else np.zeros(1)
+      if codes.any():  # [devices]: each one's process's code
+        first = int(np.flatnonzero(codes)[0])
+        self.reason = (f"{self.REASONS[codes[first] - 1]} on process "
+                       f"{self._devices[first].process_index}")
     return self.reason is not None
 
   def _handle(self, signum: int, frame: Any) -> None:
