@@ -75,11 +75,9 @@ class _PeerWatch:
       said = b""
     if said == _FINISHED or self.done:
       return
-    sys.stderr.write(f"error: process {peer} of this {self.count}-process run died or ended "
-                     f"early (see its log); this process {self.index} stops too. Start every "
-                     "process again to resume from the last checkpoint.\n")
-    sys.stderr.flush()
-    os._exit(1)  # JAX's shutdown would wait for the dead process, then abort
+    _exit_with(f"error: process {peer} of this {self.count}-process run died or ended early "
+               f"(see its log); this process {self.index} stops too. Start every process again "
+               "to resume from the last checkpoint.")
 
   def finish(self) -> None:
     with self.lock:
@@ -87,6 +85,22 @@ class _PeerWatch:
       for conn in self.connections:
         with contextlib.suppress(OSError):  # that peer is gone already
           conn.sendall(_FINISHED)
+
+
+def _exit_with(line: str) -> None:
+  """Ends this process at once with exit code 1 and ``line`` as the last thing on stderr.
+
+  JAX's shutdown would wait for the dead process, then abort. When process 0 dies, JAX's own
+  runtime (its coordination service lives there) notices it too and ends this process from a
+  C++ thread with several lines of gRPC errors; stderr is silenced after ``line`` so that
+  those do not bury it, and whichever of the two ends the process first, the exit code is 1.
+  """
+  with contextlib.suppress(Exception):
+    sys.stdout.flush()
+    sys.stderr.flush()
+  os.write(2, (line + "\n").encode())
+  os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+  os._exit(1)
 
 
 _watch: _PeerWatch | None = None

@@ -131,9 +131,15 @@ def test_a_dead_peer_ends_the_other_process_with_one_line(tfds_dir, tmp_path, vi
       p.kill()
   log = (tmp_path / f"{1 - victim}.log").read_text()
   assert returncode == 1, log[-3000:]
-  assert log.strip().splitlines()[-1].startswith(
-      f"error: process {victim} of this 2-process run died or ended early (see its log); "
-      f"this process {1 - victim} stops too."), log[-3000:]
+  ours = (f"error: process {victim} of this 2-process run died or ended early (see its log); "
+          f"this process {1 - victim} stops too.")
+  if victim == 0 and ours not in log:
+    # Process 0 hosts JAX's coordination service, whose client in process 1 ends it from a C++
+    # thread as soon as the service is gone; that thread and the peer watch race (the watch
+    # usually wins), and either way the end is immediate with exit code 1.
+    assert "Terminating process because the JAX distributed service detected fatal" in log
+  else:
+    assert log.strip().splitlines()[-1].startswith(ours), log[-3000:]
   assert "Fatal Python error" not in log and "Check failure" not in log
   assert waited < 30  # the watch ends it at once; without it, about 75 s and an abort
 
