@@ -4,6 +4,8 @@
 
 Everything but the length is `cifar10_reduced10`'s (batch 128, cosine decay, half an epoch of
 warm-up, the paper's optimiser and augmentation, precise-BN evaluations). Never tuned per model.
+On 2 CPU cores with AVX-512 a RegNet-20 ConvGRU trains it in about 80 minutes and a ResNet-20
+in about 47 (docs/results.md).
 """
 
 import ml_collections
