@@ -6,7 +6,8 @@
 Each variant runs the training preprocessing of ``regnet_jax.data.pipeline`` (JPEG decode of
 the random crop, resize to 224, flip) over every photo of the ``.npz``, in a tf.data pipeline
 with a private pool of one thread, so the rate is one core's. ``previous`` is the preprocessing
-before batches became uint8: bicubic with antialiasing, float32 pixels out. Variants alternate
+before batches became uint8: bicubic with antialiasing, float32 pixels out. ``decode only``
+decodes the same crops and stops there: the bound on any choice of resize. Variants alternate
 ``--rounds`` times; the table gives each variant's median rate, its ratio to ``previous`` and
 the rate projected to ``--cores`` cores (linear: each core decodes its own images).
 """
@@ -25,20 +26,29 @@ from regnet_jax.data.import_data import read_npz
 
 SAMPLE = pathlib.Path(__file__).parents[1] / "tests/testdata/imagenette/imagenet-sample-jpeg.npz"
 SIZE = 224
-# name -> (tf.image.resize arguments, output dtype)
+# name -> (tf.image.resize arguments, or None for the decoded crop as is; output dtype)
 VARIANTS = {
     "previous": ({"method": "bicubic", "antialias": True}, tf.float32),
     "bicubic, uint8": ({"method": "bicubic", "antialias": True}, tf.uint8),
     "bilinear, uint8": (pipeline.RESIZE, tf.uint8),
     "bilinear no antialias, uint8": ({"method": "bilinear", "antialias": False}, tf.uint8),
+    "decode only": (None, tf.uint8),
 }
 
 
-def images_per_second(images: list[bytes], resize: dict, dtype: tf.DType) -> float:
+def _crop(raw: tf.Tensor, seed: tf.Tensor, resize: dict | None) -> tf.Tensor:
+  """The training crop of one JPEG; with ``resize=None`` only its decoded window."""
+  if resize is None:
+    return tf.image.decode_and_crop_jpeg(raw, pipeline.random_crop_window(raw, SIZE, seed),
+                                         channels=3)
+  return pipeline.decode_and_random_crop(raw, SIZE, seed, resize)
+
+
+def images_per_second(images: list[bytes], resize: dict | None, dtype: tf.DType) -> float:
   """One pass over ``images`` through the training crop on one thread."""
   ds = tf.data.Dataset.from_tensor_slices(images).enumerate()
-  ds = ds.map(lambda i, raw: tf.cast(pipeline.decode_and_random_crop(
-      raw, SIZE, tf.stack([tf.constant(0, tf.int64), i]), resize), dtype))
+  ds = ds.map(lambda i, raw: tf.cast(_crop(raw, tf.stack([tf.constant(0, tf.int64), i]),
+                                           resize), dtype))
   options = tf.data.Options()
   options.threading.private_threadpool_size = 1
   options.threading.max_intra_op_parallelism = 1

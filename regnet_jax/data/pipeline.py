@@ -130,37 +130,43 @@ def _resize(image: tf.Tensor, size: int, resize: dict) -> tf.Tensor:
   return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
-def decode_and_center_crop(image_bytes: tf.Tensor, size: int, crop_padding: int = 32,
-                           resize: dict = RESIZE) -> tf.Tensor:
-  """Eval crop: the centre square of side ``size / (size + 32)`` of the shorter side (224 of
-  256), decoded from the JPEG directly, then resized to ``[size, size, 3]`` uint8."""
+def center_crop_window(image_bytes: tf.Tensor, size: int, crop_padding: int = 32) -> tf.Tensor:
+  """The eval crop's window ``[y, x, h, w]`` (int32): the centre square of side
+  ``size / (size + crop_padding)`` of the JPEG's shorter side (224 of 256)."""
   shape = tf.image.extract_jpeg_shape(image_bytes)
   h, w = shape[0], shape[1]
   side = tf.cast(size / (size + crop_padding) * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
-  window = tf.stack([(h - side + 1) // 2, (w - side + 1) // 2, side, side])
-  image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
-  return _resize(image, size, resize)
+  return tf.stack([(h - side + 1) // 2, (w - side + 1) // 2, side, side])
 
 
-def decode_and_random_crop(image_bytes: tf.Tensor, size: int, seed: tf.Tensor,
-                           resize: dict = RESIZE) -> tf.Tensor:
-  """Inception crop: a random box of 8-100% of the area and aspect ratio 3/4-4/3 (10 tries;
-  else the centre crop), decoded from the JPEG directly, resized to ``[size, size, 3]`` uint8,
-  and flipped at random."""
-  box_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+def random_crop_window(image_bytes: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
+  """The Inception crop's window ``[y, x, h, w]`` (int32): a random box of 8-100% of the
+  JPEG's area and aspect ratio 3/4-4/3 (10 tries; else the centre crop's window)."""
+  box_seed = tf.random.experimental.stateless_split(seed, 2)[0]
   shape = tf.image.extract_jpeg_shape(image_bytes)
   begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
       shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]), seed=box_seed,
       min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
       max_attempts=10, use_image_if_no_bounding_boxes=True)
-  y, x, _ = tf.unstack(begin)
-  h, w, _ = tf.unstack(crop)
   failed = tf.reduce_all(tf.equal(crop[:2], shape[:2]))  # the sampler gave up: whole image
-  image = tf.cond(
-      failed,
-      lambda: decode_and_center_crop(image_bytes, size, resize=resize),
-      lambda: _resize(tf.image.decode_and_crop_jpeg(image_bytes, tf.stack([y, x, h, w]),
-                                                    channels=3), size, resize))
+  return tf.where(failed, center_crop_window(image_bytes, size),
+                  tf.concat([begin[:2], crop[:2]], axis=0))
+
+
+def decode_and_center_crop(image_bytes: tf.Tensor, size: int, resize: dict = RESIZE) -> tf.Tensor:
+  """Eval crop: the centre crop's window decoded from the JPEG directly, then resized to
+  ``[size, size, 3]`` uint8."""
+  window = center_crop_window(image_bytes, size)
+  return _resize(tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3), size, resize)
+
+
+def decode_and_random_crop(image_bytes: tf.Tensor, size: int, seed: tf.Tensor,
+                           resize: dict = RESIZE) -> tf.Tensor:
+  """Training crop: the Inception crop's window decoded from the JPEG directly, resized to
+  ``[size, size, 3]`` uint8, and flipped at random."""
+  window = random_crop_window(image_bytes, size, seed)
+  image = _resize(tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3), size, resize)
+  flip_seed = tf.random.experimental.stateless_split(seed, 2)[1]
   return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
 
 

@@ -222,20 +222,31 @@ def test_inception_crop_is_seeded_and_varies(imagenet_sample):
   assert len({o.tobytes() for o in outs}) == 6
 
 
-def test_inception_crop_box_statistics():
-  """The sampled boxes cover 8-100% of the image with aspect ratio within [3/4, 4/3]."""
-  shape = tf.constant([300, 400, 3])
+def _jpeg(height: int, width: int) -> tf.Tensor:
+  pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, format="JPEG")
+  return tf.constant(buffer.getvalue())
+
+
+def test_inception_crop_windows():
+  """The windows lie inside the image and cover 8-100% of it with aspect ratio within
+  [3/4, 4/3]; where no such box exists (a 20x1000 strip), the centre crop's window."""
+  raw = _jpeg(300, 400)
   areas, ratios = [], []
   for i in range(200):
-    _, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape, tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]), seed=[5, i],
-        min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
-        max_attempts=10, use_image_if_no_bounding_boxes=True)
-    h, w = int(size[0]), int(size[1])
+    y, x, h, w = ip.random_crop_window(raw, 224, tf.constant([5, i], tf.int64)).numpy()
+    assert y >= 0 and x >= 0 and y + h <= 300 and x + w <= 400
     areas.append(h * w / 120_000)
     ratios.append(w / h)
   assert min(areas) >= 0.07 and max(areas) <= 1.0 and np.median(areas) < 0.8
   assert min(ratios) >= 0.7 and max(ratios) <= 1.4
+  strip = _jpeg(20, 1000)
+  centre = ip.center_crop_window(strip, 224).numpy()
+  np.testing.assert_array_equal(centre, [2, 492, 17, 17])  # side 224/256 of 20, centred
+  for i in range(5):
+    np.testing.assert_array_equal(
+        ip.random_crop_window(strip, 224, tf.constant([5, i], tf.int64)).numpy(), centre)
 
 
 def test_imagenette_batches(tfds_dir):
