@@ -16,7 +16,8 @@ of the same model, seed and protocol).
     python -m regnet_jax.analysis.results --compare docs/results_A.json docs/results_B.json
 
 prints the models' mean errors under each of those protocols side by side, each against
-ResNet-20's under the same protocol, beside the paper's.
+ResNet-20's under the same protocol (with the difference's standard error, from the seed noise
+of the models trained with several seeds), beside the paper's.
 """
 
 from __future__ import annotations
@@ -244,11 +245,26 @@ def seed_summary(rows: list[dict[str, Any]]) -> str:
 BASELINE = "resnet20"  # what --compare measures every model against, within a protocol
 
 
+def seed_noise(rows: list[dict[str, Any]]) -> tuple[float, int] | None:
+  """The pooled standard deviation of one run's test error (points) over every model trained
+  with several seeds, and its degrees of freedom (runs minus models); None without repeats."""
+  groups: dict[str, list[float]] = {}
+  for r in rows:
+    groups.setdefault(r["label"], []).append(r["test_error"])
+  repeated = [g for g in groups.values() if len(g) > 1]
+  dof = sum(len(g) - 1 for g in repeated)
+  if not dof:
+    return None
+  squares = sum((e - statistics.mean(g)) ** 2 for g in repeated for e in g)
+  return (squares / dof) ** 0.5, dof
+
+
 def protocol_comparison(tables: list[list[dict[str, Any]]]) -> str:
   """Each model's test error (mean over its seeds) under each protocol (one table of rows, as
   ``results_NAME.json`` holds them), and its difference to ResNet-20's mean under the same
-  protocol, beside the paper's error and difference."""
-  heads, means, datasets_seen = [], [], set()
+  protocol with that difference's standard error (from the protocol's ``seed_noise``), beside
+  the paper's error and difference; then each protocol's seed noise."""
+  heads, means, noises, datasets_seen = [], [], [], set()
   for rows in tables:
     protocols = {_protocol(r) for r in rows}
     if len(protocols) != 1:
@@ -260,15 +276,21 @@ def protocol_comparison(tables: list[list[dict[str, Any]]]) -> str:
     for r in rows:
       groups.setdefault(r["label"], []).append(r["test_error"])
     means.append({k: (statistics.mean(v), len(v)) for k, v in groups.items()})
+    noises.append(seed_noise(rows))
   if len(datasets_seen) != 1:
     raise ValueError(f"the tables are on different datasets {sorted(datasets_seen)}")
   labels = list(dict.fromkeys(k for m in means for k in m))
 
-  def cell(mean: dict[str, tuple[float, int]], name: str) -> list[str]:
+  def cell(mean: dict[str, tuple[float, int]], noise: tuple[float, int] | None,
+           name: str) -> list[str]:
     if name not in mean:
       return ["-", "-"]
     error, n = mean[name]
-    delta = f"{error - mean[BASELINE][0]:+.2f}" if BASELINE in mean else "-"
+    if BASELINE not in mean:
+      return [f"{error:.2f} ({n})", "-"]
+    delta = f"{error - mean[BASELINE][0]:+.2f}"
+    if noise is not None and name != BASELINE:
+      delta += f" ± {noise[0] * (1 / n + 1 / mean[BASELINE][1]) ** 0.5:.2f}"
     return [f"{error:.2f} ({n})", delta]
 
   lines = ["| model | " + " | ".join(f"{h}: error % (seeds) | {h}: vs {BASELINE}" for h in heads)
@@ -276,10 +298,18 @@ def protocol_comparison(tables: list[list[dict[str, Any]]]) -> str:
            "|---|" + "---|---|" * len(heads) + "---|---|"]
   for name in labels:
     paper, base = paper_error(dataset, name), paper_error(dataset, BASELINE)
-    cells = [c for m in means for c in cell(m, name)]
+    cells = [c for m, noise in zip(means, noises, strict=True) for c in cell(m, noise, name)]
     cells += [f"{paper:.2f}" if paper is not None else "-",
               f"{paper - base:+.2f}" if paper is not None and base is not None else "-"]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines.append("\nSeed noise, the pooled standard deviation of one run's test error over the "
+               "models with several seeds (± above: the difference's standard error from it):")
+  for head, noise in zip(heads, noises, strict=True):
+    if noise is None:
+      lines.append(f"- {head}: no model has several seeds")
+    else:
+      sd, dof = noise
+      lines.append(f"- {head}: {sd:.2f} points, {dof} degree{'s' * (dof > 1)} of freedom")
   return "\n".join(lines)
 
 

@@ -210,6 +210,15 @@ def test_seed_summary_groups_models_with_several_seeds():
   assert results.seed_summary(rows[-1:]) == ""
 
 
+def test_seed_noise_pools_the_models_with_several_seeds():
+  rows = [{"label": "a", "test_error": 1.0}, {"label": "b", "test_error": 2.0},
+          {"label": "a", "test_error": 3.0}, {"label": "b", "test_error": 2.0},
+          {"label": "b", "test_error": 5.0}, {"label": "c", "test_error": 9.0}]
+  # Squares about each mean: a 1 + 1, b 1 + 1 + 4; degrees of freedom 1 + 2.
+  assert results.seed_noise(rows) == pytest.approx(((8 / 3) ** 0.5, 3))
+  assert results.seed_noise(rows[-1:]) is None
+
+
 def test_protocol_comparison_means_over_seeds_against_resnet20(tmp_path, capsys):
   def row(label, seed, error, epochs):
     return {"label": label, "seed": seed, "test_error": error, "dataset": "cifar10",
@@ -218,10 +227,17 @@ def test_protocol_comparison_means_over_seeds_against_resnet20(tmp_path, capsys)
   five = [row("resnet20", 0, 22.6, 5.0), row("resnet20", 1, 23.0, 5.0),
           row("regnet20_gru", 0, 24.0, 5.0), row("se_resnet20", 0, 23.5, 5.0)]
   ten = [row("regnet20_gru", 0, 15.5, 10.0), row("resnet20", 0, 16.0, 10.0)]
+  # Seed noise at 5 epochs: ResNet-20's two seeds, sqrt(0.08 / 1) = 0.283; a one-seed mean
+  # against a two-seed one has standard error 0.283 * sqrt(1 + 1/2) = 0.35.
   expected = [
       "| resnet20 | 22.80 (2) | +0.00 | 16.00 (1) | +0.00 | 8.38 | +0.00 |",
-      "| regnet20_gru | 24.00 (1) | +1.20 | 15.50 (1) | -0.50 | 7.42 | -0.96 |",
-      "| se_resnet20 | 23.50 (1) | +0.70 | - | - | 8.02 | -0.36 |"]
+      "| regnet20_gru | 24.00 (1) | +1.20 ± 0.35 | 15.50 (1) | -0.50 | 7.42 | -0.96 |",
+      "| se_resnet20 | 23.50 (1) | +0.70 ± 0.35 | - | - | 8.02 | -0.36 |",
+      "",
+      "Seed noise, the pooled standard deviation of one run's test error over the models with "
+      "several seeds (± above: the difference's standard error from it):",
+      "- 5 epochs: 0.28 points, 1 degree of freedom",
+      "- 10 epochs: no model has several seeds"]
   lines = results.protocol_comparison([five, ten]).splitlines()
   assert lines[0].startswith("| model | 5 epochs: error % (seeds) | 5 epochs: vs resnet20 | "
                              "10 epochs: error % (seeds) |")
