@@ -130,13 +130,17 @@ def _resize(image: tf.Tensor, size: int, resize: dict) -> tf.Tensor:
   return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
-def center_crop_window(image_bytes: tf.Tensor, size: int, crop_padding: int = 32) -> tf.Tensor:
-  """The eval crop's window ``[y, x, h, w]`` (int32): the centre square of side
-  ``size / (size + crop_padding)`` of the JPEG's shorter side (224 of 256)."""
-  shape = tf.image.extract_jpeg_shape(image_bytes)
+def _center_window(shape: tf.Tensor, size: int, crop_padding: int = 32) -> tf.Tensor:
+  """``center_crop_window`` from the JPEG's ``[h, w, c]`` shape."""
   h, w = shape[0], shape[1]
   side = tf.cast(size / (size + crop_padding) * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
   return tf.stack([(h - side + 1) // 2, (w - side + 1) // 2, side, side])
+
+
+def center_crop_window(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
+  """The eval crop's window ``[y, x, h, w]`` (int32): the centre square of side
+  ``size / (size + 32)`` of the JPEG's shorter side (224 of 256)."""
+  return _center_window(tf.image.extract_jpeg_shape(image_bytes), size)
 
 
 def random_crop_window(image_bytes: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
@@ -149,7 +153,7 @@ def random_crop_window(image_bytes: tf.Tensor, size: int, seed: tf.Tensor) -> tf
       min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
       max_attempts=10, use_image_if_no_bounding_boxes=True)
   failed = tf.reduce_all(tf.equal(crop[:2], shape[:2]))  # the sampler gave up: whole image
-  return tf.where(failed, center_crop_window(image_bytes, size),
+  return tf.where(failed, _center_window(shape, size),
                   tf.concat([begin[:2], crop[:2]], axis=0))
 
 
