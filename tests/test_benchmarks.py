@@ -35,18 +35,24 @@ def test_pipeline_benchmark(tfds_dir):
 
 
 def test_preprocess_benchmark_table(capsys):
-  """Every variant's row, and the previous preprocessing as the ratios' base."""
+  """Every variant's row, the float32 baseline as the ratios' base, and the crops' scales."""
   from benchmarks import preprocess
 
   preprocess.main(["--rounds", "1", "--cores", "2"])
   lines = capsys.readouterr().out.splitlines()
   assert lines[0].startswith("# 34 photos from ")
-  rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[3:]}
+  n = len(preprocess.VARIANTS)
+  rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[3:3 + n]}
   assert list(rows) == list(preprocess.VARIANTS)
-  assert rows["previous"][3] == "1.00x"
+  assert rows["float32 bicubic"][3] == "1.00x"
   for cells in rows.values():  # per core, x 2 cores
     assert float(cells[4].rstrip(" |").replace(",", "")) == pytest.approx(
         2 * float(cells[1]), abs=2)
+  scales = [line.split(" | ") for line in lines[3 + n + 4:]]  # enlarged, 1-2x, above 2x
+  assert [cells[0] for cells in scales] == ["| below 1 (enlarged)", "| 1 to 2", "| above 2"]
+  shares = [int(cells[1].rstrip("%")) for cells in scales]
+  assert abs(sum(shares) - 100) <= 1 and shares[0] > 50  # these small photos: mostly enlarged
+  assert float(scales[0][2].rstrip(" |")) < 0.1  # enlarging: the same to rounding
 
 
 def test_value_parsing():

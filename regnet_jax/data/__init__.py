@@ -48,4 +48,5 @@ def create_source(config: Any, data_sharding: Any, eval_batch: int | None = None
                              shuffle_buffer=config.shuffle_buffer,
                              skip_bad_images=config.get("skip_bad_images", False),
                              sharding=config.get("input_sharding", "process"),
-                             eval_batch=eval_batch)
+                             eval_batch=eval_batch,
+                             antialias=config.get("resize_antialias", False))

@@ -22,9 +22,12 @@ Batches are dicts of numpy arrays: ``image [b, S, S, 3] uint8`` pixels (the trai
 steps normalise them on the device, so the host moves a quarter of float32's bytes), ``label
 [b] int32`` and, for evaluation, ``mask [b] float32``; ``b`` is the per-process batch.
 
-ImageNet crops are resized bilinearly with antialiasing (``RESIZE``): the interpolation of
+ImageNet crops are resized bilinearly to ``S x S``. By default without antialiasing, as flax's
+ImageNet example and big_vision do: a shrinking crop is sampled at the output pixels only, and
+the host preprocesses about 1.6x as many images per core as with antialiasing. With
+``antialias=True`` (``config.resize_antialias``) the filter widens as it shrinks, like
 torchvision's ``RandomResizedCrop`` and ``Resize`` (PIL), which the paper's PyTorch baselines
-used (host cost against other choices: ``benchmarks/preprocess.py``).
+used. Host cost of each choice: ``benchmarks/preprocess.py``.
 """
 
 from __future__ import annotations
@@ -51,7 +54,6 @@ tf.config.set_visible_devices([], "GPU")
 tf.config.set_visible_devices([], "TPU")
 
 AUTOTUNE = tf.data.AUTOTUNE
-RESIZE = {"method": "bilinear", "antialias": True}  # tf.image.resize arguments of every crop
 
 
 def _options() -> tf.data.Options:
@@ -123,10 +125,10 @@ def cifar_train(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
 
 
-def _resize(image: tf.Tensor, size: int, resize: dict) -> tf.Tensor:
-  """``image`` resized to ``[size, size, 3]`` uint8 (``resize``: tf.image.resize's method and
-  antialias), rounded and clipped to the pixel range."""
-  image = tf.image.resize(image, [size, size], **resize)
+def _resize(image: tf.Tensor, size: int, antialias: bool) -> tf.Tensor:
+  """``image [h, w, 3]`` resized bilinearly to ``[size, size, 3]`` uint8 (rounded and clipped
+  to the pixel range); ``antialias``: widen the filter where it shrinks."""
+  image = tf.image.resize(image, [size, size], method="bilinear", antialias=antialias)
   return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
@@ -157,32 +159,36 @@ def random_crop_window(image_bytes: tf.Tensor, size: int, seed: tf.Tensor) -> tf
                   tf.concat([begin[:2], crop[:2]], axis=0))
 
 
-def decode_and_center_crop(image_bytes: tf.Tensor, size: int, resize: dict = RESIZE) -> tf.Tensor:
+def decode_and_center_crop(image_bytes: tf.Tensor, size: int, antialias: bool = False
+                           ) -> tf.Tensor:
   """Eval crop: the centre crop's window decoded from the JPEG directly, then resized to
   ``[size, size, 3]`` uint8."""
   window = center_crop_window(image_bytes, size)
-  return _resize(tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3), size, resize)
+  return _resize(tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3), size, antialias)
 
 
 def decode_and_random_crop(image_bytes: tf.Tensor, size: int, seed: tf.Tensor,
-                           resize: dict = RESIZE) -> tf.Tensor:
+                           antialias: bool = False) -> tf.Tensor:
   """Training crop: the Inception crop's window decoded from the JPEG directly, resized to
   ``[size, size, 3]`` uint8, and flipped at random."""
   window = random_crop_window(image_bytes, size, seed)
-  image = _resize(tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3), size, resize)
+  image = _resize(tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3), size,
+                  antialias)
   flip_seed = tf.random.experimental.stateless_split(seed, 2)[1]
   return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
 
 
-def preprocess(example: dict, spec: DatasetSpec, train: bool, seed: tf.Tensor | None) -> dict:
-  """One tfds example -> ``{'image': [S, S, 3] uint8, 'label': int32}``."""
+def preprocess(example: dict, spec: DatasetSpec, train: bool, seed: tf.Tensor | None,
+               antialias: bool = False) -> dict:
+  """One tfds example -> ``{'image': [S, S, 3] uint8, 'label': int32}`` (``antialias``: of the
+  ImageNet crops' resize)."""
   image = example["image"]
   if spec.kind == "cifar":
     image = cifar_train(image, seed) if train else image
   elif train:
-    image = decode_and_random_crop(image, spec.image_size, seed)
+    image = decode_and_random_crop(image, spec.image_size, seed, antialias)
   else:
-    image = decode_and_center_crop(image, spec.image_size)
+    image = decode_and_center_crop(image, spec.image_size, antialias)
   return {"image": image, "label": tf.cast(example["label"], tf.int32)}
 
 
@@ -281,11 +287,12 @@ def undecodable(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_bat
 
 def train_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_batch: int,
                   seed: int, start_step: int = 0, shuffle_buffer: int = 50_000,
-                  skip_bad_images: bool = False, sharding: str = "process"
-                  ) -> Iterator[dict[str, np.ndarray]]:
+                  skip_bad_images: bool = False, sharding: str = "process",
+                  antialias: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """This process's training batches from global step ``start_step`` on, epoch after epoch:
   its rows of each global batch (``b = global_batch / P`` of them), read as ``sharding``
-  says (module docstring), decoded and augmented.
+  says (module docstring), decoded and augmented (``antialias``: of the ImageNet crops'
+  resize).
 
   An image that fails to decode stops the run with a :class:`BadImageError` naming it
   (``tfds_id``), or, with ``skip_bad_images``, is dropped with a warning (its batch then takes
@@ -305,7 +312,7 @@ def train_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_b
     ds = ds.skip(skip * batch)
     # Example g of epoch e is augmented with the stateless seed (seed * 1000003 + e, g).
     base = tf.constant(seed * 1_000_003 + epoch, tf.int64)
-    ds = ds.map(lambda g, ex, b=base: preprocess(ex, spec, True, tf.stack([b, g])),
+    ds = ds.map(lambda g, ex, b=base: preprocess(ex, spec, True, tf.stack([b, g]), antialias),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     if skip_bad_images:
       ds = ds.ignore_errors(log_warning=True)
@@ -327,9 +334,10 @@ def train_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_b
     epoch, skip = epoch + 1, 0
 
 
-def eval_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_batch: int
-                 ) -> Iterator[dict[str, np.ndarray]]:
-  """This process's evaluation batches: every example of the split once, padded and masked.
+def eval_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_batch: int,
+                 antialias: bool = False) -> Iterator[dict[str, np.ndarray]]:
+  """This process's evaluation batches: every example of the split once, padded and masked
+  (``antialias``: of the ImageNet crops' resize).
 
   Every process yields the same number of batches (collective steps need it).
   """
@@ -338,7 +346,7 @@ def eval_batches(builder: tfds.core.DatasetBuilder, spec: DatasetSpec, global_ba
   most = -(-total // jax.process_count())  # the largest per-process share
   num_batches = math.ceil(most / batch)
   ds = _read(builder, tfds.split_for_jax_process(spec.eval_split), spec, shuffle_seed=None)
-  ds = ds.map(lambda ex: dict(preprocess(ex, spec, False, None), mask=tf.constant(1.0)),
+  ds = ds.map(lambda ex: dict(preprocess(ex, spec, False, None, antialias), mask=tf.constant(1.0)),
               num_parallel_calls=AUTOTUNE)
   size = spec.image_size
   pad = tf.data.Dataset.from_tensors({"image": tf.zeros([size, size, 3], tf.uint8),
@@ -362,6 +370,7 @@ class TfdsSource:
   skip_bad_images: bool = False
   sharding: str = "process"  # how processes share the training split (module docstring)
   eval_batch: int | None = None  # default: global_batch
+  antialias: bool = False  # of the ImageNet crops' resize (module docstring)
 
   @property
   def steps_per_epoch(self) -> int:
@@ -370,8 +379,10 @@ class TfdsSource:
   def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """:func:`train_batches` from global step ``start_step`` on."""
     return train_batches(self.builder, self.spec, self.global_batch, self.seed, start_step,
-                         self.shuffle_buffer, self.skip_bad_images, self.sharding)
+                         self.shuffle_buffer, self.skip_bad_images, self.sharding,
+                         self.antialias)
 
   def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
     """:func:`eval_batches`: every example of the eval split once, padded and masked."""
-    return eval_batches(self.builder, self.spec, self.eval_batch or self.global_batch)
+    return eval_batches(self.builder, self.spec, self.eval_batch or self.global_batch,
+                        self.antialias)

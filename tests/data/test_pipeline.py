@@ -170,10 +170,10 @@ MAX_MEAN_DIFF = 1.2
 def test_center_crop_on_varied_photos(imagenet_sample):
   images, _ = imagenet_sample
   for raw in images[::7]:
-    out = ip.decode_and_center_crop(tf.constant(raw), 224).numpy()
+    out = ip.decode_and_center_crop(tf.constant(raw), 224, antialias=True).numpy()
     assert out.shape == (224, 224, 3) and out.dtype == np.uint8
     # Reference: the central 224/256 square of the shorter side, resized with Pillow's
-    # bilinear filter (which, like RESIZE, widens its support when it shrinks: antialiasing).
+    # bilinear filter (which, like antialias=True, widens its support when it shrinks).
     ref = _pil(raw)
     h, w = ref.shape[:2]
     side = int(224 / 256 * min(h, w))
@@ -181,6 +181,49 @@ def test_center_crop_on_varied_photos(imagenet_sample):
     crop = Image.fromarray(ref[top:top + side, left:left + side].astype(np.uint8))
     want = np.asarray(crop.resize((224, 224), Image.BILINEAR)).astype(np.float32)
     assert np.abs(out - want).mean() < MAX_MEAN_DIFF, (h, w)
+
+
+@pytest.mark.parametrize("antialias", [False, True])
+def test_crops_resize_as_jax_image_resize(imagenet_sample, antialias):
+  """Both crops equal jax.image.resize's bilinear resize of the decoded window (an independent
+  implementation of the same filters), to the rounding of a few pixels."""
+  import jax
+
+  images, _ = imagenet_sample
+  for i, raw in enumerate(images[::3]):
+    raw, seed = tf.constant(raw), tf.constant([4, i], tf.int64)
+    for window, out in (
+        (ip.center_crop_window(raw, 224), ip.decode_and_center_crop(raw, 224, antialias)),
+        (ip.random_crop_window(raw, 224, seed),
+         ip.decode_and_random_crop(raw, 224, seed, antialias))):
+      crop = tf.image.decode_and_crop_jpeg(raw, window, channels=3).numpy()
+      want = jax.image.resize(crop.astype(np.float32), (224, 224, 3), "linear",
+                              antialias=antialias)
+      want = np.clip(np.round(np.asarray(want)), 0, 255)
+      out = out.numpy().astype(np.float32)
+      if np.abs(out - want).max() > 1:  # the training crop may be flipped
+        out = out[:, ::-1]
+      diff = np.abs(out - want)
+      assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (i, crop.shape)
+
+
+def test_antialiasing_changes_only_shrinking_crops(imagenet_sample):
+  """Enlarged crops come out the same with and without antialiasing (to rounding); shrunk
+  ones differ (the default samples them at the output pixels only)."""
+  images, _ = imagenet_sample
+  enlarged = shrunk = 0
+  for raw in images:
+    raw = tf.constant(raw)
+    side = ip.center_crop_window(raw, 224).numpy()[2]
+    diff = np.abs(ip.decode_and_center_crop(raw, 224, True).numpy().astype(int)
+                  - ip.decode_and_center_crop(raw, 224, False).numpy().astype(int))
+    if side < 224:
+      enlarged += 1
+      assert diff.max() <= 1, side
+    elif side > 224:  # these photos: 14-86 levels at the sharpest edges
+      shrunk += 1
+      assert diff.max() >= 10, side
+  assert enlarged >= 10 and shrunk >= 10
 
 
 def test_every_photo_of_the_full_sample_decodes_and_crops():
@@ -255,6 +298,28 @@ def test_imagenette_batches(tfds_dir):
   assert batch["image"].shape == (8, 224, 224, 3) and batch["image"].dtype == np.uint8
   evals = list(ip.eval_batches(builder, NETTE, 8))
   assert sum(b["mask"].sum() for b in evals) == 20
+
+
+@pytest.mark.parametrize("antialias", [False, True])
+def test_config_resize_antialias_reaches_every_crop(tfds_dir, antialias):
+  """config.resize_antialias decides the resize of the training and the eval crops."""
+  from configs import default
+  from regnet_jax import data
+  from regnet_jax.train import steps
+
+  config = default.get_config()
+  config.update(dict(dataset="imagenette", data_dir=tfds_dir, batch_size=4, shuffle_buffer=8,
+                     resize_antialias=antialias))
+  source = data.create_source(config, steps.Trainer().data_sharding)
+  builder = ip.get_builder("imagenette", tfds_dir)
+  train = next(source.train_batches(0))["image"]
+  for other in (antialias, not antialias):
+    want = next(ip.train_batches(builder, NETTE, 4, seed=0, shuffle_buffer=8,
+                                 antialias=other))["image"]
+    assert np.array_equal(train, want) == (other == antialias)
+  raw = [ex["image"] for ex in ip._read(builder, "validation", NETTE, shuffle_seed=None).take(4)]
+  want = np.stack([ip.decode_and_center_crop(r, 224, antialias).numpy() for r in raw])
+  np.testing.assert_array_equal(next(source.eval_batches())["image"], want)
 
 
 @pytest.fixture(scope="module")
