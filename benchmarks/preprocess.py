@@ -5,9 +5,9 @@
 
 Each variant runs the training preprocessing (JPEG decode of the random crop, resize to 224,
 flip) over every photo of the ``.npz``, in a tf.data pipeline with a private pool of one
-thread, so the rate is one core's. ``float32 bicubic`` is the baseline, a float32 pipeline of
-the usual kind: bicubic resize with antialiasing, the crop's fallback as a ``tf.cond``, then
-normalisation on the host. The other rows are ``regnet_jax.data.pipeline`` with each
+thread, so the rate is one core's. ``float32 bicubic`` is the baseline: bicubic resize with
+antialiasing, the crop's fallback as a ``tf.cond``, a float32 flip, then normalisation on the
+host. The other rows are ``regnet_jax.data.pipeline`` with each
 ``config.resize_antialias``, and ``decode only``, the same crops decoded and no more: the
 bound on any choice of resize. Variants alternate ``--rounds`` times; the table gives each
 variant's median rate, its ratio to the baseline and the rate projected to ``--cores`` cores
@@ -32,6 +32,8 @@ from regnet_jax.data.import_data import read_npz
 SAMPLE = pathlib.Path(__file__).parents[1] / "tests/testdata/imagenette/imagenet-sample-jpeg.npz"
 SIZE = 224
 SPEC = datasets.get_spec("imagenet2012")
+Crop = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (JPEG bytes, stateless seed) -> pixels
+BASELINE = "float32 bicubic"
 
 
 def _float32_bicubic(raw: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -58,17 +60,18 @@ def _float32_bicubic(raw: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 def _decode_only(raw: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """The training crop's window decoded, ``[h, w, 3]`` uint8, not resized."""
   return tf.image.decode_and_crop_jpeg(raw, pipeline.random_crop_window(raw, SIZE, seed),
                                        channels=3)
 
 
-def _pipeline(antialias: bool) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+def _pipeline(antialias: bool) -> Crop:
+  """The pipeline's training crop, ``[224, 224, 3]`` uint8, with ``antialias``."""
   return lambda raw, seed: pipeline.decode_and_random_crop(raw, SIZE, seed, antialias)
 
 
-# name -> one photo's training crop from (JPEG bytes, stateless seed)
-VARIANTS: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {
-    "float32 bicubic": _float32_bicubic,
+VARIANTS: dict[str, Crop] = {  # name -> one photo's training crop
+    BASELINE: _float32_bicubic,
     "bilinear, antialias": _pipeline(antialias=True),
     "bilinear (default)": _pipeline(antialias=False),
     "decode only": _decode_only,
@@ -76,11 +79,11 @@ VARIANTS: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {
 
 
 def _seed(i: tf.Tensor) -> tf.Tensor:
+  """Photo ``i``'s stateless seed ``[2]`` int64."""
   return tf.stack([tf.constant(0, tf.int64), i])
 
 
-def images_per_second(images: list[bytes], crop: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-                      ) -> float:
+def images_per_second(images: list[bytes], crop: Crop) -> float:
   """One pass over ``images`` through ``crop`` on one thread."""
   ds = tf.data.Dataset.from_tensor_slices(images).enumerate()
   ds = ds.map(lambda i, raw: crop(raw, _seed(i)))
@@ -95,14 +98,14 @@ def images_per_second(images: list[bytes], crop: Callable[[tf.Tensor, tf.Tensor]
 
 
 def antialias_effect(images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-  """For each photo's training crop (the benchmark's seeds): ``sqrt(h * w) / 224``, how much
-  the resize shrinks it (below 1: enlarges), and the mean absolute difference (0-255) between
-  its pixels with and without antialiasing."""
+  """For each photo's training crop (the benchmark's seeds): ``max(h, w) / 224``, how much the
+  resize shrinks its longer side (at most 1: it shrinks in neither direction), and the mean
+  absolute difference (0-255) between its pixels with and without antialiasing."""
   scales, diffs = [], []
   for i, raw in enumerate(images):
     raw, seed = tf.constant(raw), _seed(tf.constant(i, tf.int64))
     _, _, h, w = pipeline.random_crop_window(raw, SIZE, seed).numpy()
-    scales.append(np.sqrt(float(h) * float(w)) / SIZE)
+    scales.append(max(h, w) / SIZE)
     crops = [pipeline.decode_and_random_crop(raw, SIZE, seed, a).numpy().astype(np.float32)
              for a in (True, False)]
     diffs.append(np.abs(crops[0] - crops[1]).mean())
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
   for _ in range(args.rounds):
     for name, crop in VARIANTS.items():
       rates[name].append(images_per_second(images, crop))
-  base = statistics.median(next(iter(rates.values())))
+  base = statistics.median(rates[BASELINE])
   print(f"# {len(images)} photos from {args.npz}, {SIZE}px training crops, one core, "
         f"median of {args.rounds} alternated rounds")
   print(f"| variant | img/s per core | ms per image | vs float32 | x {args.cores} cores |")
@@ -133,13 +136,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| {name} | {rate:.0f} | {1000 / rate:.2f} | {rate / base:.2f}x | "
           f"{rate * args.cores:,.0f} |")
   scales, diffs = antialias_effect(images)
-  print(f"\n# training crops by scale, crop side / {SIZE} (sqrt of the area; median "
+  print(f"\n# training crops by how much the resize shrinks their longer side (median "
         f"{np.median(scales):.2f}), and what antialiasing changes")
-  print("| crop side / 224 | share of crops | mean abs difference, antialias vs default "
+  print(f"| longer side / {SIZE} | share of crops | mean abs difference, antialias vs default "
         "(0-255) |")
   print("|---|---|---|")
-  for name, rows in (("below 1 (enlarged)", scales < 1), ("1 to 2", (scales >= 1) & (scales <= 2)),
-                     ("above 2", scales > 2)):
+  for name, rows in (("at most 1 (not shrunk)", scales <= 1),
+                     ("1 to 2", (scales > 1) & (scales <= 2)), ("above 2", scales > 2)):
     diff = f"{diffs[rows].mean():.2f}" if rows.any() else "-"
     print(f"| {name} | {rows.mean():.0%} | {diff} |")
 

@@ -36,9 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
   # With several processes: 'process' (each reads only its share of the training records) or
   # 'global' (each reads them all; the batches then do not depend on the process count).
   config.input_sharding = "process"
-  # ImageNet crops' bilinear resize: False samples a shrinking crop at the output pixels only
-  # (flax's ImageNet example, big_vision); True antialiases like torchvision/PIL, at about 1.6x
-  # the host's preprocessing time per image (benchmarks/preprocess.py).
+  # ImageNet crops' bilinear resize (training and eval): False samples a shrinking crop at the
+  # output pixels only (as big_vision does); True antialiases like torchvision/PIL, at about
+  # 1.7x the host's preprocessing time per image (benchmarks/preprocess.py).
   config.resize_antialias = False
 
   # Optimisation: SGD with momentum, weight decay on kernels only (not BN or biases).

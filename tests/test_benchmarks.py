@@ -44,15 +44,16 @@ def test_preprocess_benchmark_table(capsys):
   n = len(preprocess.VARIANTS)
   rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[3:3 + n]}
   assert list(rows) == list(preprocess.VARIANTS)
-  assert rows["float32 bicubic"][3] == "1.00x"
+  assert rows[preprocess.BASELINE][3] == "1.00x"
   for cells in rows.values():  # per core, x 2 cores
     assert float(cells[4].rstrip(" |").replace(",", "")) == pytest.approx(
         2 * float(cells[1]), abs=2)
-  scales = [line.split(" | ") for line in lines[3 + n + 4:]]  # enlarged, 1-2x, above 2x
-  assert [cells[0] for cells in scales] == ["| below 1 (enlarged)", "| 1 to 2", "| above 2"]
+  scales = [line.split(" | ") for line in lines[3 + n + 4:]]  # not shrunk, 1-2x, above 2x
+  assert [cells[0] for cells in scales] == ["| at most 1 (not shrunk)", "| 1 to 2",
+                                            "| above 2"]
   shares = [int(cells[1].rstrip("%")) for cells in scales]
   assert abs(sum(shares) - 100) <= 1 and shares[0] > 50  # these small photos: mostly enlarged
-  assert float(scales[0][2].rstrip(" |")) < 0.1  # enlarging: the same to rounding
+  assert float(scales[0][2].rstrip(" |")) < 0.01  # not shrunk: the same to rounding
 
 
 def test_value_parsing():

@@ -77,7 +77,8 @@ def probe_workdir(workdir: str, last: int = 3, step: int | None = None,
   run = jax.jit(lambda v, b: probe_counts(model, v, data.normalize(b["image"], spec),
                                           b["label"], b["mask"], last))
   correct, seen = np.zeros(last), 0.0
-  for batch in pipeline.eval_batches(builder, spec, batch_size):
+  for batch in pipeline.eval_batches(builder, spec, batch_size,
+                                     config.get("resize_antialias", False)):
     correct += np.asarray(run(variables, batch))
     seen += float(batch["mask"].sum())
   return {"workdir": workdir, "model": config.model, "step": step, "precise_bn": precise_bn,

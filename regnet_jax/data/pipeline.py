@@ -22,9 +22,10 @@ Batches are dicts of numpy arrays: ``image [b, S, S, 3] uint8`` pixels (the trai
 steps normalise them on the device, so the host moves a quarter of float32's bytes), ``label
 [b] int32`` and, for evaluation, ``mask [b] float32``; ``b`` is the per-process batch.
 
-ImageNet crops are resized bilinearly to ``S x S``. By default without antialiasing, as flax's
-ImageNet example and big_vision do: a shrinking crop is sampled at the output pixels only, and
-the host preprocesses about 1.6x as many images per core as with antialiasing. With
+ImageNet crops are resized bilinearly to ``S x S``, by default without antialiasing (as
+big_vision's Inception crop does, and flax's ImageNet example with its bicubic resize): a
+shrinking crop is sampled at the output pixels only, and the host preprocesses about 1.7x as
+many images per core as with antialiasing. With
 ``antialias=True`` (``config.resize_antialias``) the filter widens as it shrinks, like
 torchvision's ``RandomResizedCrop`` and ``Resize`` (PIL), which the paper's PyTorch baselines
 used. Host cost of each choice: ``benchmarks/preprocess.py``.
@@ -162,7 +163,7 @@ def random_crop_window(image_bytes: tf.Tensor, size: int, seed: tf.Tensor) -> tf
 def decode_and_center_crop(image_bytes: tf.Tensor, size: int, antialias: bool = False
                            ) -> tf.Tensor:
   """Eval crop: the centre crop's window decoded from the JPEG directly, then resized to
-  ``[size, size, 3]`` uint8."""
+  ``[size, size, 3]`` uint8 (``antialias``: widen the filter where it shrinks)."""
   window = center_crop_window(image_bytes, size)
   return _resize(tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3), size, antialias)
 
@@ -170,7 +171,8 @@ def decode_and_center_crop(image_bytes: tf.Tensor, size: int, antialias: bool = 
 def decode_and_random_crop(image_bytes: tf.Tensor, size: int, seed: tf.Tensor,
                            antialias: bool = False) -> tf.Tensor:
   """Training crop: the Inception crop's window decoded from the JPEG directly, resized to
-  ``[size, size, 3]`` uint8, and flipped at random."""
+  ``[size, size, 3]`` uint8 (``antialias``: widen the filter where it shrinks), and flipped
+  at random."""
   window = random_crop_window(image_bytes, size, seed)
   image = _resize(tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3), size,
                   antialias)
