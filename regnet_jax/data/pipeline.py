@@ -25,10 +25,10 @@ steps normalise them on the device, so the host moves a quarter of float32's byt
 ImageNet crops are resized bilinearly to ``S x S``, by default without antialiasing (as
 big_vision's Inception crop does, and flax's ImageNet example with its bicubic resize): a
 shrinking crop is sampled at the output pixels only, and the host preprocesses about 1.7x as
-many images per core as with antialiasing. With
-``antialias=True`` (``config.resize_antialias``) the filter widens as it shrinks, like
-torchvision's ``RandomResizedCrop`` and ``Resize`` (PIL), which the paper's PyTorch baselines
-used. Host cost of each choice: ``benchmarks/preprocess.py``.
+many images per core as with antialiasing. With ``antialias=True``
+(``config.resize_antialias``) the filter widens as it shrinks, like torchvision's
+``RandomResizedCrop`` and ``Resize`` (PIL), which the paper's PyTorch baselines used. Host
+cost of each choice: ``benchmarks/preprocess.py``.
 """
 
 from __future__ import annotations

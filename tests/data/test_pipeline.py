@@ -311,10 +311,13 @@ def test_config_resize_antialias_reaches_every_crop(tfds_dir, monkeypatch, antia
   from regnet_jax import data
   from regnet_jax.train import steps
 
-  seen = []
-  resize = ip._resize
-  monkeypatch.setattr(ip, "_resize", lambda image, size, aa: seen.append(aa) or resize(image,
-                                                                                      size, aa))
+  seen, resize = [], ip._resize
+
+  def recording_resize(image: tf.Tensor, size: int, antialias: bool) -> tf.Tensor:
+    seen.append(antialias)
+    return resize(image, size, antialias)
+
+  monkeypatch.setattr(ip, "_resize", recording_resize)
   config = default.get_config()
   config.update(dict(dataset="imagenette", data_dir=tfds_dir, batch_size=4, shuffle_buffer=8,
                      resize_antialias=antialias))
