@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 
 # XLA:CPU's own convolutions, as main.py and the benchmarks use them (regnet_jax/host.py).
+# Eight fake devices share two busy cores, so one device's thread can reach a collective
+# (all-reduce) well after the others: XLA aborts the process when that takes over 40 s, its
+# default, so the tests allow 10 minutes.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                      "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
+                      "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution "
+                      "--xla_cpu_collective_call_terminate_timeout_seconds=600")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Identical computations (the same tiny model trained in several tests, and in the `main.py`
