@@ -21,10 +21,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model_args.carry_normed_h = True  # Carry ReLU(BN(h)) to the next block, or the raw h.
   config.model_args.cell_bias = True  # A bias on every gate of the cell.
   config.model_args.scan_unroll = -1  # Scan steps per loop iteration; -1: all (fast on CPU).
-  # Implementation (same parameters and results; chosen before tracing, see regnet_jax/cpu):
-  config.model_args.cell_impl = "auto"  # auto (CPU: C++ gate kernels), reference, kernel.
-  config.model_args.conv_grad = "auto"  # Conv kernel grad: auto (CPU: swapped), reference,
-  #                                       swapped, kernel (C++; fast only with AVX-512).
+
+  # Implementation: the same parameters and results, computed another way; chosen once, before
+  # tracing, for the backend (regnet_jax/cpu, docs/performance.md).
+  config.implementation = ml_collections.ConfigDict()
+  config.implementation.cell_impl = "auto"  # auto (CPU: C++ gate kernels), reference, kernel.
+  config.implementation.conv_grad = "auto"  # Conv kernel grad: auto (CPU: swapped),
+  #                                           reference, swapped, kernel (C++; AVX-512 only).
 
   # Data.
   config.dataset = "cifar10"  # cifar10, cifar100, imagenet2012 or imagenette.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from regnet_jax.checks import check_choice
 from regnet_jax.data.datasets import DATASETS, DatasetSpec, get_spec, normalize
 
 INPUTS = ("tfds", "resident")
@@ -35,8 +36,7 @@ def create_source(config: Any, data_sharding: Any, eval_batch: int | None = None
   from regnet_jax.data import pipeline
 
   kind = config.get("input", "tfds")
-  if kind not in INPUTS:
-    raise ValueError(f"input={kind!r} is not valid; choose one of {', '.join(INPUTS)}")
+  check_choice("input", kind, INPUTS)
   spec = get_spec(config.dataset)
   builder = pipeline.get_builder(config.dataset, config.data_dir)
   if kind == "resident":
