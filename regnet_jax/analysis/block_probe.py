@@ -68,8 +68,8 @@ def probe_workdir(workdir: str, last: int = 3, step: int | None = None,
   model, variables, config = evaluate.load_from_workdir(workdir, step, precise_bn)
   if step is None:
     step = checkpoint.Checkpointer(workdir, create=False).latest_step()
-  spec = data.get_spec(config.dataset)
-  builder = pipeline.get_builder(config.dataset, config.data_dir)
+  spec = data.get_spec(config)
+  dataset = pipeline.open_data(config)
   total_blocks, in_last_stage = sum(model.stage_sizes), model.stage_sizes[-1]
   if not 1 <= last <= in_last_stage:  # the FC only fits the last stage's width
     raise ValueError(f"--blocks={last} must be between 1 and the {in_last_stage} blocks of "
@@ -77,7 +77,7 @@ def probe_workdir(workdir: str, last: int = 3, step: int | None = None,
   run = jax.jit(lambda v, b: probe_counts(model, v, data.normalize(b["image"], spec),
                                           b["label"], b["mask"], last))
   correct, seen = np.zeros(last), 0.0
-  for batch in pipeline.eval_batches(builder, spec, batch_size,
+  for batch in pipeline.eval_batches(dataset, spec, batch_size,
                                      config.get("resize_antialias", False)):
     correct += np.asarray(run(variables, batch))
     seen += float(batch["mask"].sum())

@@ -74,9 +74,8 @@ def save_feature_maps(workdir: str, out_dir: str, stage: int = 1, num_images: in
   model, variables, config = evaluate.load_from_workdir(workdir, step)
   if not 1 <= stage <= len(model.stage_sizes):
     raise ValueError(f"--stage={stage} must be between 1 and {len(model.stage_sizes)}")
-  spec = data.get_spec(config.dataset)
-  builder = pipeline.get_builder(config.dataset, config.data_dir)
-  batch = next(pipeline.eval_batches(builder, spec, max(num_images, 1),
+  spec = data.get_spec(config)
+  batch = next(pipeline.eval_batches(pipeline.open_data(config), spec, max(num_images, 1),
                                      config.get("resize_antialias", False)))
   pixels = np.clip(batch["image"][:num_images], 0, 255).astype(np.uint8)
   maps = stage_maps(model, variables, data.normalize(pixels, spec), stage)

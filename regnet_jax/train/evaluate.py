@@ -55,7 +55,7 @@ def recompute_batch_stats(trainer: steps.Trainer, model: Any, variables: dict[st
                           ) -> Any:
   """Precise BN (:func:`steps.precise_bn`) over the run's own first ``num_batches`` training
   batches."""
-  recompute = steps.precise_bn(trainer, model, data.get_spec(config.dataset))
+  recompute = steps.precise_bn(trainer, model, data.get_spec(config))
   return recompute(variables, source.train_batches(0), num_batches)
 
 
@@ -64,7 +64,7 @@ def restore_state(workdir: str, step: int | None, trainer: steps.Trainer
   """The train state of checkpoint ``step`` (None: the newest) of ``workdir``, replicated on
   ``trainer``'s devices, with the run's config and model."""
   config = checkpoint.read_config(workdir)
-  spec = data.get_spec(config.dataset)
+  spec = data.get_spec(config)
   model = steps.build_model(config, spec.num_classes)
   schedule = steps.learning_rate_schedule(config, 1, 1)
   state = steps.create_train_state(

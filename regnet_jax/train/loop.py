@@ -35,7 +35,7 @@ DIVERGENCE_FACTOR = 4.0
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError with one clear line for a config that cannot run."""
   # Bad model args fail here, before any data is read.
-  steps.build_model(config, data.get_spec(config.dataset).num_classes)
+  steps.build_model(config, data.get_spec(config).num_classes)
   for field in ("batch_size", "learning_rate"):
     if not config[field] > 0:
       raise ValueError(f"{field} must be positive, got {config[field]!r}")
@@ -77,7 +77,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   trainer = steps.Trainer(devices)
   trainer.check_batch_size(config.batch_size)
   source = source or data.create_source(config, trainer.data_sharding)
-  spec = data.get_spec(config.dataset)
+  spec = data.get_spec(config)
   model = steps.build_model(config, spec.num_classes)
   steps_per_epoch = source.steps_per_epoch
   num_steps = (config.num_train_steps if config.num_train_steps > 0

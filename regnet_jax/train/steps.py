@@ -202,7 +202,7 @@ class Trainer:
   def compile_steps(self, config: ml_collections.ConfigDict, schedule: optax.Schedule
                     ) -> tuple[Callable, Callable]:
     """The jitted train and eval steps of ``config``: state replicated, batches sharded."""
-    spec = datasets.get_spec(config.dataset)
+    spec = datasets.get_spec(config)
     step = functools.partial(train_step, spec=spec, label_smoothing=config.label_smoothing,
                              schedule=schedule)
     p_train = jax.jit(step, in_shardings=(self.replicated, self.data_sharding),
