@@ -15,10 +15,10 @@ below their class folder; other files, and folders whose name starts with ``.``,
 The classes are the training class folders' names, sorted: label ``i`` is the ``i``-th.
 
 The files are read by tf.data where they lie (:mod:`regnet_jax.data.pipeline`), with no
-conversion step: listing the folder is all a first run adds (a few seconds per 100,000
-images), there is no second copy to keep in step with the folder, and as the listing is
-sorted, the split and every epoch's order are a function of the seeds alone. An image that
-cannot be decoded is found when it is read (see ``skip_bad_images``).
+conversion step: a first run only lists the folder (and opens the header of one image per
+class, for the image size), there is no second copy to keep in step with the folder, and as
+the listing is sorted, the split and every epoch's order are a function of the seeds alone.
+An image that cannot be decoded is found when it is read (see ``skip_bad_images``).
 
 No TensorFlow here: listing and splitting only.
 """
@@ -83,10 +83,9 @@ def from_config(config: ml_collections.ConfigDict) -> ImageFolder:
   if config.get("train_split") is not None:
     raise FolderError("train_split is for tfds datasets; a folder dataset trains on DIR/train "
                       "or, without it, on DIR's class folders")
-  fraction = config.get("holdout_fraction")
-  seed = config.get("holdout_seed")
-  return scan(config.dataset[len(FOLDER_PREFIX):], config.get("eval_split"),
-              0.1 if fraction is None else fraction, 0 if seed is None else seed)
+  holdout = {k: config.get(k) for k in ("holdout_fraction", "holdout_seed")
+             if config.get(k) is not None}
+  return scan(config.dataset[len(FOLDER_PREFIX):], config.get("eval_split"), **holdout)
 
 
 def scan(root: str, eval_split: str | None = None, holdout_fraction: float = 0.1,
