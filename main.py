@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from regnet_jax import console
@@ -24,6 +24,9 @@ flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (resuming) or evalu
 flags.DEFINE_integer("step", None, "Eval: checkpoint step to evaluate (default: newest).")
 flags.DEFINE_float("deadline_s", None, "Train: stop, with a checkpoint, after the first step "
                    "that ends this many seconds after the start; the same command resumes.")
+flags.DEFINE_bool("allow_config_change", False, "Train: resume a run although the config "
+                  "changes fields that change its result (refused otherwise); the changes are "
+                  "recorded in the workdir's runs.jsonl.")
 flags.DEFINE_integer("precise_bn", 0, "Eval: first recompute BatchNorm statistics over this "
                      "many training batches (0: the running averages).")
 flags.DEFINE_string("compilation_cache", os.path.join("~", ".cache", "regnet_jax", "xla"),
@@ -80,6 +83,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.quiet()
+  logging.info("Starting (%s): loading JAX and the data pipeline...", FLAGS.mode)
   if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     import jax
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
@@ -95,7 +99,8 @@ def main(argv: list[str]) -> None:
     elif FLAGS.config is None:
       raise ValueError("--config is required for training (e.g. --config=configs/default.py)")
     else:
-      loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, deadline_s=FLAGS.deadline_s)
+      loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, deadline_s=FLAGS.deadline_s,
+                              allow_config_change=FLAGS.allow_config_change)
     distributed.finished()
   except (ValueError, FileNotFoundError, FloatingPointError, OSError,
           pipeline.DatasetNotFoundError, checkpoint.CorruptCheckpointError) as e:
@@ -105,5 +110,5 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   from regnet_jax.cpu import process
 
-  process.reexec_with_cpu_settings()  # huge pages, XLA:CPU's own convolutions
+  process.reexec_with_cpu_settings()  # CPU backend only: huge pages, XLA:CPU's convolutions
   app.run(main, flags_parser=parse_flags)

@@ -27,15 +27,15 @@ import optax
 from benchmarks.throughput import build_train_step
 from regnet_jax import models
 from regnet_jax.cpu import process as host
-from regnet_jax.train import steps
+from regnet_jax.train import factory
 
 
 def gradients(name: str, variables: dict, dtype) -> dict[str, np.ndarray]:
   """The gradient of the mean cross-entropy over 4 fixed images, per parameter path: float32
-  as training computes it on this backend (:func:`steps.make_model`'s implementation), float64
-  with the pure reference."""
-  model = (steps.make_model(name, 10) if dtype == jnp.float32
-           else models.create_model(name, 10, dtype=dtype))
+  as training computes it on this backend (:func:`factory.implement`'s implementation),
+  float64 with the pure reference."""
+  model = models.create_model(name, 10, dtype=dtype)
+  model = factory.implement(model) if dtype == jnp.float32 else model
   rng = np.random.RandomState(0)
   x, y = jnp.asarray(rng.randn(4, 32, 32, 3), dtype), rng.randint(0, 10, 4)
   v = jax.tree.map(lambda a: jnp.asarray(a, dtype), variables)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import types
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,8 @@ def check(allow_cpu: bool) -> dict:
   import orbax.checkpoint
 
   from regnet_jax import models
-  from regnet_jax.train import checkpoint, steps
+  from regnet_jax.train import checkpoint, optim, steps
+  from regnet_jax.train.mesh import DataParallel
 
   backend = jax.default_backend()
   if backend != "gpu" and not allow_cpu:
@@ -35,19 +37,17 @@ def check(allow_cpu: bool) -> dict:
          "jax": jax.__version__, "jaxlib": jax.lib.__version__, "flax": flax.__version__,
          "optax": optax.__version__, "orbax": orbax.checkpoint.__version__}
   print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-  import ml_collections
-
-  config = ml_collections.ConfigDict(dict(weight_decay=1e-4, momentum=0.9, nesterov=False))
-  tx = steps.create_optimizer(config, optax.constant_schedule(0.1))
+  sgd = types.SimpleNamespace(weight_decay=1e-4, momentum=0.9, nesterov=False)
+  tx = optim.create_optimizer(sgd, optax.constant_schedule(0.1))
   model = models.create_model("resnet20", 10, depth=8)
   state = steps.create_train_state(model, tx, 0, 32)
-  trainer = steps.Trainer()
+  dp = DataParallel()
   with tempfile.TemporaryDirectory() as workdir:
     ckpt = checkpoint.Checkpointer(workdir)
-    ckpt.save(7, trainer.replicate(state))
+    ckpt.save(7, dp.replicate(state))
     ckpt.wait()
     zeros = jax.tree.map(jnp.zeros_like, state)
-    restored = ckpt.restore(7, zeros, trainer.replicated)
+    restored = ckpt.restore(7, zeros, dp.replicated)
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
     if not np.array_equal(np.asarray(a), np.asarray(b)):
       raise RuntimeError("an orbax save and restore of a train state changed it")

@@ -18,18 +18,18 @@ import argparse
 import collections
 import functools
 import re
+import types
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from benchmarks.throughput import print_table
 from regnet_jax import data, models
-from regnet_jax.train import steps
+from regnet_jax.train import factory, optim, steps
 
 KINDS = ("reduce", "convolution", "dot_general", "custom_call")
-# name -> (overrides of steps.make_model, platforms it runs on)
+# name -> (arguments of factory.implement, platforms it runs on)
 IMPLEMENTATIONS = {
     "reference": (dict(cell_impl="reference", conv_grad="reference"), ("cpu", "cuda")),
     "cpu kernels": (dict(cell_impl="kernel", conv_grad="swapped"), ("cpu",)),
@@ -41,11 +41,12 @@ def count_ops(name: str, platform: str, batch_size: int, **overrides) -> collect
   (``'cpu'`` or ``'cuda'``) at ``batch_size``, uint8 images as the input pipeline gives them."""
   size = models.get_spec(name).image_size
   dataset = "cifar10" if size == 32 else "imagenet2012"
-  model = steps.make_model(name, data.get_spec(dataset).num_classes, **overrides)
-  config = ml_collections.ConfigDict(dict(weight_decay=1e-4, momentum=0.9, nesterov=False))
+  model = factory.implement(models.create_model(name, data.get_spec(dataset).num_classes),
+                            **overrides)
+  sgd = types.SimpleNamespace(weight_decay=1e-4, momentum=0.9, nesterov=False)
   schedule = optax.constant_schedule(0.1)
   state = jax.eval_shape(lambda: steps.create_train_state(
-      model, steps.create_optimizer(config, schedule), 0, size))
+      model, optim.create_optimizer(sgd, schedule), 0, size))
   batch = {"image": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
   step = jax.jit(functools.partial(steps.train_step, spec=data.get_spec(dataset),

@@ -21,16 +21,21 @@ import json
 import resource
 import statistics
 import time
+import types
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from regnet_jax import data, models, summary
 from regnet_jax.cpu import process
+from regnet_jax.train import evaluate, factory, optim
 from regnet_jax.train import steps as train_steps
+from regnet_jax.train.mesh import DataParallel
+
+# Overrides that choose the implementation (regnet_jax.train.factory.implement), not the model.
+IMPLEMENTATION = ("cell_impl", "conv_grad")
 
 
 def parse_value(text: str):
@@ -80,23 +85,26 @@ def build_train_step(name: str, overrides: dict, batch_size: int, dtype: str,
   Returns ``(model, p_train, p_eval, state, batch)``: SGD with momentum at a constant learning
   rate, the batch ``[batch_size, S, S, 3]`` sharded over the first ``num_devices`` devices."""
   size = models.get_spec(name).image_size
-  model = train_steps.make_model(name, 10 if size == 32 else 1000,
-                                 jnp.bfloat16 if dtype == "bfloat16" else jnp.float32,
-                                 **overrides)
-  config = ml_collections.ConfigDict(dict(
-      label_smoothing=0.0, weight_decay=1e-4, momentum=0.9, nesterov=False,
-      dataset="cifar10" if size == 32 else "imagenet2012"))
+  spec = data.get_spec("cifar10" if size == 32 else "imagenet2012")
+  impl = {k: overrides[k] for k in IMPLEMENTATION if k in overrides}
+  model = factory.implement(models.create_model(
+      name, spec.num_classes, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32,
+      **{k: v for k, v in overrides.items() if k not in IMPLEMENTATION}), **impl)
+  sgd = types.SimpleNamespace(weight_decay=1e-4, momentum=0.9, nesterov=False)
   schedule = optax.constant_schedule(0.1)
-  trainer = train_steps.Trainer(jax.devices()[:num_devices])
-  trainer.check_batch_size(batch_size)
-  state = trainer.replicate(train_steps.create_train_state(
-      model, train_steps.create_optimizer(config, schedule), 0, size))
+  dp = DataParallel(jax.devices()[:num_devices])
+  dp.check_batch_size(batch_size)
+  state = dp.replicate(train_steps.create_train_state(
+      model, optim.create_optimizer(sgd, schedule), 0, size))
   rng = np.random.RandomState(0)
-  batch = trainer.shard({
+  batch = dp.shard({
       "image": rng.randint(0, 256, (batch_size, size, size, 3)).astype(np.uint8),
       "label": rng.randint(0, model.num_classes, batch_size).astype(np.int32),
       "mask": np.ones(batch_size, np.float32)})
-  p_train, p_eval = trainer.compile_steps(config, schedule)
+  p_train = train_steps.compile_train_step(dp, spec, 0.0, schedule)
+  eval_step = evaluate.compile_eval_step(dp, model, spec)
+  p_eval = lambda state, batch: eval_step(
+      {"params": state.params, "batch_stats": state.batch_stats}, batch)
   return model, p_train, p_eval, state, batch
 
 
@@ -123,7 +131,7 @@ def benchmark_model(name: str, overrides: dict, batch_size: int, dtype: str, num
   eval_times, _, _ = _time_steps(lambda: p_eval(holder[0], batch), steps, warmup)
   train_img_s = batch_size / statistics.median(train_times)
   reference = models.create_model(name, model.num_classes, **{
-      k: v for k, v in overrides.items() if k not in ("cell_impl", "conv_grad")})
+      k: v for k, v in overrides.items() if k not in IMPLEMENTATION})
   tflop_s = 6 * summary.count_macs(reference, size) * train_img_s / 1e12
   return {
       "model": name, "variant": ",".join(f"{k}={v}" for k, v in overrides.items()) or "default",
@@ -145,13 +153,13 @@ def benchmark_resident(name: str, batch_size: int, steps: int, warmup: int,
   from regnet_jax.data import resident
 
   _, p_train, _, state, _ = build_train_step(name, {}, batch_size, "float32", num_devices)
-  trainer = train_steps.Trainer(jax.devices()[:num_devices])
+  dp = DataParallel(jax.devices()[:num_devices])
   rng = np.random.RandomState(0)
   arrays = {k: (rng.randint(0, 256, (n, 32, 32, 3)).astype(np.uint8),
                 rng.randint(0, 10, n).astype(np.int32)) for k, n in (("train", 50_000),
                                                                        ("test", 1000))}
   batches = resident.ResidentSource(arrays, data.get_spec("cifar10"), batch_size, 0,
-                                    trainer.data_sharding).train_batches()
+                                    dp.data_sharding).train_batches()
   holder = [state]
 
   def step():
@@ -172,8 +180,7 @@ def benchmark_pipeline(dataset: str, data_dir: str | None, batch_size: int,
 
   spec = data.get_spec(dataset)
   builder = pipeline.get_builder(dataset, data_dir)
-  trainer = train_steps.Trainer()
-  it = trainer.prefetch(pipeline.train_batches(builder, spec, batch_size, seed=0), 2)
+  it = DataParallel().prefetch(pipeline.train_batches(builder, spec, batch_size, seed=0), 2)
   jax.block_until_ready(next(it))  # start-up: file open, shuffle buffer fill
   start = time.perf_counter()
   for _ in range(batches):

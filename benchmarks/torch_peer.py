@@ -29,9 +29,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from benchmarks.throughput import build_train_step
 from regnet_jax import data, models
 from regnet_jax.cpu import process as host
-from regnet_jax.train import steps as train_steps
 
 GATES = {"rnn": ("h",), "gru": ("z", "r", "h"), "lstm": ("i", "f", "o", "g")}
 
@@ -203,22 +203,8 @@ def side_by_side(name: str, batch_size: int, steps: int, rounds: int,
                  jax_args: dict[str, Any] | None = None) -> dict[str, Any]:
   """Alternates JAX, PyTorch NCHW and PyTorch channels-last train steps on the same batch;
   ``jax_args`` are overrides of the JAX model (e.g. ``cell_impl='reference'``)."""
-  import ml_collections
-  import optax
-
-  model = train_steps.make_model(name, 10, **(jax_args or {}))
-  config = ml_collections.ConfigDict(dict(label_smoothing=0.0, weight_decay=1e-4, momentum=0.9,
-                                          nesterov=False, dataset="cifar10"))
-  schedule = optax.constant_schedule(0.1)
-  trainer = train_steps.Trainer(jax.devices()[:1])
-  state = trainer.replicate(train_steps.create_train_state(
-      model, train_steps.create_optimizer(config, schedule), 0, 32))
-  rng = np.random.RandomState(0)
-  images = rng.randint(0, 256, (batch_size, 32, 32, 3)).astype(np.uint8)
-  labels = rng.randint(0, 10, batch_size).astype(np.int32)
-  batch = trainer.shard({"image": images, "label": labels,
-                         "mask": np.ones(batch_size, np.float32)})
-  p_train, _ = trainer.compile_steps(config, schedule)
+  _, p_train, _, state, batch = build_train_step(name, jax_args or {}, batch_size, "float32", 1)
+  images, labels = np.asarray(batch["image"]), np.asarray(batch["label"])
   holder = [state]
 
   def jax_step():

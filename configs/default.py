@@ -21,10 +21,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model_args.carry_normed_h = True  # Carry ReLU(BN(h)) to the next block, or the raw h.
   config.model_args.cell_bias = True  # A bias on every gate of the cell.
   config.model_args.scan_unroll = -1  # Scan steps per loop iteration; -1: all (fast on CPU).
-  # Implementation (same parameters and results; chosen before tracing, see regnet_jax/cpu):
-  config.model_args.cell_impl = "auto"  # auto (CPU: C++ gate kernels), reference, kernel.
-  config.model_args.conv_grad = "auto"  # Conv kernel grad: auto (CPU: swapped), reference,
-  #                                       swapped, kernel (C++; fast only with AVX-512).
+
+  # Implementation: the same parameters and results, computed another way; chosen once, before
+  # tracing, for the backend (regnet_jax/cpu, docs/performance.md).
+  config.implementation = ml_collections.ConfigDict()
+  config.implementation.cell_impl = "auto"  # auto (CPU: C++ gate kernels), reference, kernel.
+  config.implementation.conv_grad = "auto"  # Conv kernel grad: auto (CPU: swapped),
+  #                                           reference, swapped, kernel (C++; AVX-512 only).
 
   # Data.
   # cifar10, cifar100, imagenet2012, imagenette; tfds:NAME, any tfds image classification
@@ -40,9 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train_split = ml_collections.config_dict.placeholder(str)
   config.eval_split = ml_collections.config_dict.placeholder(str)
   # folder:DIR without a held-out folder: this share of each class's images is held out for
-  # evaluation, chosen by holdout_seed (not seed: every run evaluates on the same images).
-  config.holdout_fraction = 0.1
-  config.holdout_seed = 0
+  # evaluation (None: 0.1), chosen by holdout_seed (None: 0; not seed, so that every run
+  # evaluates on the same images).
+  config.holdout_fraction = ml_collections.config_dict.placeholder(float)
+  config.holdout_seed = ml_collections.config_dict.placeholder(int)
   # Inputs; None: what suits the data (small images, at most 64 pixels a side, CIFAR-style at
   # their size; photos with the ImageNet crops at 224).
   config.image_size = ml_collections.config_dict.placeholder(int)  # Model input side, pixels.

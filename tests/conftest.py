@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 import pytest
 
-# XLA:CPU's own convolutions, as main.py and the benchmarks use them (regnet_jax/host.py).
+# XLA:CPU's own convolutions, as main.py and the benchmarks use them (regnet_jax/cpu/process.py).
 # Eight fake devices share two busy cores, so one device's thread can reach a collective
 # (all-reduce) well after the others: XLA aborts the process when that takes over 40 s, its
 # default, so the tests allow 10 minutes.

@@ -20,7 +20,8 @@ import numpy as np
 
 from regnet_jax import console, data
 from regnet_jax.data import pipeline
-from regnet_jax.train import checkpoint, evaluate
+from regnet_jax.train import evaluate
+from regnet_jax.train.mesh import DataParallel
 
 Array = jax.Array
 
@@ -60,28 +61,29 @@ def probe_workdir(workdir: str, last: int = 3, step: int | None = None,
   """Runs :func:`probe_counts` over the whole test split of a workdir's dataset, for the last
   ``last`` blocks (all in the last stage, whose width the FC takes). ``precise_bn``: first
   recompute the BatchNorm statistics over that many training batches
-  (:func:`regnet_jax.train.evaluate.load_from_workdir`).
+  (:func:`regnet_jax.train.evaluate.with_precise_bn`).
 
   Returns ``{'workdir', 'model', 'step', 'blocks': [global 1-based block numbers],
   'accuracy': [...]}``.
   """
-  model, variables, config = evaluate.load_from_workdir(workdir, step, precise_bn)
-  if step is None:
-    step = checkpoint.Checkpointer(workdir, create=False).latest_step()
+  dp = DataParallel(jax.devices()[:1])
+  run = evaluate.restore(workdir, step, dp)
+  model, config = run.model, run.config
+  source = evaluate.eval_source(config, dp, batch_size)
+  variables = (evaluate.with_precise_bn(run, dp, source, precise_bn) if precise_bn > 0
+               else run.variables)
   spec = data.get_spec(config)
-  dataset = pipeline.open_data(config)
   total_blocks, in_last_stage = sum(model.stage_sizes), model.stage_sizes[-1]
   if not 1 <= last <= in_last_stage:  # the FC only fits the last stage's width
     raise ValueError(f"--blocks={last} must be between 1 and the {in_last_stage} blocks of "
                      f"{config.model}'s last stage")
-  run = jax.jit(lambda v, b: probe_counts(model, v, data.normalize(b["image"], spec),
+  probe = jax.jit(lambda v, b: probe_counts(model, v, data.normalize(b["image"], spec),
                                           b["label"], b["mask"], last))
   correct, seen = np.zeros(last), 0.0
-  for batch in pipeline.eval_batches(dataset, spec, batch_size,
-                                     config.get("resize_antialias", False)):
-    correct += np.asarray(run(variables, batch))
+  for batch in dp.prefetch(source.eval_batches(), 2):
+    correct += np.asarray(probe(variables, batch))
     seen += float(batch["mask"].sum())
-  return {"workdir": workdir, "model": config.model, "step": step, "precise_bn": precise_bn,
+  return {"workdir": workdir, "model": config.model, "step": run.step, "precise_bn": precise_bn,
           "blocks": list(range(total_blocks - last + 1, total_blocks + 1)),
           "accuracy": (correct / seen).tolist()}
 

@@ -21,7 +21,8 @@ import numpy as np
 from flax import traverse_util
 
 from regnet_jax import console, data
-from regnet_jax.train import evaluate, steps
+from regnet_jax.train import evaluate
+from regnet_jax.train.mesh import DataParallel
 
 
 def compare_stats(running: Any, precise: Any, constant_var: float, eps: float = 1e-5
@@ -60,25 +61,22 @@ def replace_constant_channels(running: Any, precise: Any, constant_var: float) -
 def check_workdir(workdir: str, step: int | None = None, batches: int = 20,
                   constant_var: float = 1e-8) -> dict[str, Any]:
   """The per-layer comparison and the three test errors for a checkpoint of ``workdir``."""
-  trainer = steps.Trainer()
-  state, config, model = evaluate.restore_state(workdir, step, trainer)
-  source = data.create_source(config, trainer.data_sharding,
-                              evaluate.eval_batch_size(config.batch_size, trainer))
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  precise = evaluate.recompute_batch_stats(trainer, model, variables, config, source, batches)
-  _, p_eval = trainer.compile_steps(config, steps.learning_rate_schedule(config, 1, 1))
+  dp = DataParallel()
+  run = evaluate.restore(workdir, step, dp)
+  source = evaluate.eval_source(run.config, dp)
+  running = run.variables["batch_stats"]
+  precise = evaluate.with_precise_bn(run, dp, source, batches)["batch_stats"]
+  p_eval = evaluate.compile_eval_step(dp, run.model, data.get_spec(run.config))
   errors = {}
   for name, stats in [
-      ("running", state.batch_stats), ("precise", precise),
+      ("running", running), ("precise", precise),
       ("running, constant channels precise",
-       replace_constant_channels(state.batch_stats, precise, constant_var))]:
-    stats = jax.device_put(stats, trainer.replicated)
-    result = evaluate.evaluate(p_eval, state.replace(batch_stats=stats), trainer,
-                               source.eval_batches())
+       replace_constant_channels(running, precise, constant_var))]:
+    variables = {**run.variables, "batch_stats": dp.replicate(stats)}
+    result = evaluate.evaluate(p_eval, variables, dp, source.eval_batches())
     errors[name] = 100 * result["eval_top1_error"]
-  return {"workdir": workdir, "step": int(state.step), "batches": batches,
-          "layers": compare_stats(state.batch_stats, precise, constant_var),
-          "test_error": errors}
+  return {"workdir": workdir, "step": run.step, "batches": batches,
+          "layers": compare_stats(running, precise, constant_var), "test_error": errors}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,7 @@ from regnet_jax import console, data
 from regnet_jax.analysis.block_probe import block_outputs
 from regnet_jax.data import pipeline
 from regnet_jax.train import evaluate
+from regnet_jax.train.mesh import DataParallel
 
 
 def stage_maps(model, variables, images: np.ndarray, stage: int) -> dict[str, list[np.ndarray]]:
@@ -71,13 +72,14 @@ def save_feature_maps(workdir: str, out_dir: str, stage: int = 1, num_images: in
                       step: int | None = None) -> list[str]:
   """Writes ``{model}_stage{stage}_image{i}.png`` for the first ``num_images`` test images;
   returns the paths."""
-  model, variables, config = evaluate.load_from_workdir(workdir, step)
+  dp = DataParallel(jax.devices()[:1])
+  run = evaluate.restore(workdir, step, dp)
+  model, variables, config = run.model, run.variables, run.config
   if not 1 <= stage <= len(model.stage_sizes):
     raise ValueError(f"--stage={stage} must be between 1 and {len(model.stage_sizes)}")
   spec = data.get_spec(config)
-  batch = next(pipeline.eval_batches(pipeline.open_data(config), spec, max(num_images, 1),
-                                     config.get("resize_antialias", False)))
-  pixels = np.clip(batch["image"][:num_images], 0, 255).astype(np.uint8)
+  batch = next(evaluate.eval_source(config, dp, max(num_images, 1)).eval_batches())
+  pixels = np.clip(np.asarray(batch["image"])[:num_images], 0, 255).astype(np.uint8)
   maps = stage_maps(model, variables, data.normalize(pixels, spec), stage)
   os.makedirs(out_dir, exist_ok=True)
   paths = []

@@ -34,7 +34,7 @@ import numpy as np
 from regnet_jax import console, data, summary
 from regnet_jax.data import pipeline
 from regnet_jax.models.cells import PAIRINGS
-from regnet_jax.train import checkpoint, evaluate, steps
+from regnet_jax.train import checkpoint, evaluate, factory
 
 # The paper's test errors (%), Tables I, III and IV, keyed by (dataset, label); see label().
 PAPER_ERROR = {
@@ -142,7 +142,7 @@ def summarize(workdir: str) -> dict[str, Any]:
   if not evaluations:
     raise ValueError(f"{workdir} has no evaluation in its event files yet")
   spec = data.get_spec(config)
-  model = steps.build_model(config, spec.num_classes, reference=True)
+  model = factory.build_model(config, spec.num_classes, reference=True)
   speeds = [v for _, v, _ in scalars.get("train_images_per_sec", [])[1:]]  # [0]: compiling
   step, error, _ = evaluations[-1]  # precise BN where the workdir has only that
   precise = [e for s, e, _ in scalars.get("precise_bn_eval_top1_error", []) if s == step]

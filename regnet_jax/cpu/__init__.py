@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from regnet_jax.checks import check_choice
 from regnet_jax.cpu import kernels
 
 CELL_IMPLS = ("auto", "reference", "kernel")
@@ -49,10 +50,8 @@ def implementations(cell_impl: str = "auto", conv_grad: str = "auto", dtype: Any
   from regnet_jax.cpu import conv
   from regnet_jax.cpu.cell import KernelConvCell
 
-  for name, value, choices in (("cell_impl", cell_impl, CELL_IMPLS),
-                               ("conv_grad", conv_grad, CONV_GRADS)):
-    if value not in choices:
-      raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}")
+  check_choice("cell_impl", cell_impl, CELL_IMPLS)
+  check_choice("conv_grad", conv_grad, CONV_GRADS)
   on_cpu = jax.default_backend() == "cpu"
   overrides: dict[str, Callable[..., Any]] = {}
   if cell_impl == "kernel":

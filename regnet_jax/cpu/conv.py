@@ -5,8 +5,7 @@ as another convolution in which the batch is the contracted dimension. XLA:CPU's
 want that dimension innermost, so the layout pass transposes the activation ``x`` from
 ``[B, H, W, C]`` to ``[C, H, W, B]``, and the fusion pass then recomputes ``x``'s producers
 inside the transpose: BatchNorm, ReLU and the residual additions of up to three earlier blocks,
-read in transposed order. In a ResNet-20 train step on a 2-core CPU these transposes took
-about 170 of 380 ms (a profile; docs/performance.md).
+read in transposed order: a large share of a ResNet-20 train step (docs/performance.md).
 
 :func:`conv_general_dilated` computes the same gradient with the two operands' roles swapped:
 the output gradient ``dy`` becomes the transposed operand (it is a plain tensor, nothing to
@@ -14,7 +13,7 @@ recompute) and ``x`` only needs a transpose that keeps its channels innermost. A
 convolution's gradient is split by the stride into stride-1 ones over the phases
 ``x[:, p::s, q::s]`` of its input (:func:`kernel_gradient`). The forward pass and the input
 gradient are ``lax``'s own. Equal to autodiff of ``lax.conv_general_dilated`` up to float
-rounding (``tests/test_conv.py``).
+rounding (``tests/cpu/test_conv.py``).
 
 With ``kernel_grad='kernel'`` the gradient is one compiled CPU kernel instead, at any stride
 (``conv_kernel.cc``, :mod:`regnet_jax.cpu.kernels`; float32): it reads ``x`` and ``dy`` in

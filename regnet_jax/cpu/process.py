@@ -2,22 +2,21 @@
 and its own convolutions.
 
 XLA:CPU allocates an executable's temporary buffers afresh on every call. They are large
-(about 2 GiB for a RegNet-20 train step at batch 128), so glibc serves them with ``mmap`` and
+(gigabytes for a RegNet-20 train step at batch 128), so glibc serves them with ``mmap`` and
 unmaps them on ``free``: every step the kernel maps and zero-fills them again, one 4 KiB page
-fault at a time (measured on a 2-core VM: 0.55M faults and 0.8 s of system time per RegNet-20
-step; docs/performance.md). glibc's ``glibc.malloc.hugetlb=1`` tunable makes malloc ask for
-transparent huge pages, cutting the faults ~100x while memory is still returned to the kernel.
+fault at a time. glibc's ``glibc.malloc.hugetlb=1`` tunable makes malloc ask for transparent
+huge pages, cutting the faults about 100x while memory is still returned to the kernel.
 Tunables are read at process start, so :func:`reexec_with_cpu_settings` restarts the process
-once with the tunable set.
+once with the tunable set. (Keeping freed memory in the heap instead, with ``mallopt``, also
+removes the faults but lets the heap fragment and grow without bound in a long run.)
 
-jaxlib 0.10.2's XLA:CPU hands each convolution to YNNPACK by default; its own (Eigen)
-convolutions are faster for these networks (ResNet-20 train step 1.43x, RegNet-20 1.21x on a
-2-core VM; docs/performance.md). :data:`XLA_CPU_FLAGS` removes only that kind of YNNPACK
-fusion (elementwise and reduction fusions stay: the cells' kernel gradients need them).
+jaxlib's XLA:CPU hands each convolution to YNNPACK by default; its own (Eigen) convolutions
+are faster for these networks. :data:`XLA_CPU_FLAGS` removes only that kind of YNNPACK fusion
+(elementwise and reduction fusions stay: the cells' kernel gradients need them).
 
-(Keeping freed memory instead, with ``mallopt``, removed the faults too but let the heap
-fragment and grow without bound in a training process: 16.6 GiB and the OOM killer within
-25 minutes of a RegNet-20 run. Do not do that.)
+Both settings concern XLA:CPU only, so the restart happens only where the CPU is the backend
+(no GPU or TPU plugin installed, or ``JAX_PLATFORMS=cpu``). docs/performance.md has the
+measurements.
 """
 
 from __future__ import annotations
@@ -32,26 +31,32 @@ XLA_CPU_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 
 
 def accelerator_plugin_installed() -> bool:
-  """Whether a GPU or TPU build of jaxlib is installed (then XLA:CPU is not the backend, and
-  another jaxlib's XLA may not know :data:`XLA_CPU_FLAGS`: an unknown flag is fatal)."""
+  """Whether a GPU or TPU build of jaxlib is installed."""
   pattern = re.compile(r"^(jax[-_](cuda|rocm)|libtpu)", re.IGNORECASE)
   return any(pattern.match(d.metadata["Name"] or "")
              for d in importlib.metadata.distributions())
 
 
+def cpu_backend(env: dict[str, str]) -> bool:
+  """Whether JAX will compute on the CPU in a process with environment ``env``: the first of
+  ``JAX_PLATFORMS`` where set, else whether no accelerator plugin is installed."""
+  platforms = env.get("JAX_PLATFORMS", "").split(",")[0].strip()
+  return platforms == "cpu" if platforms else not accelerator_plugin_installed()
+
+
 def cpu_env(env: dict[str, str], hugepages: bool = True,
             cpu_only: bool | None = None) -> dict[str, str] | None:
-  """``env`` with glibc's huge-page tunable (Linux, unless ``hugepages`` is False) and, where
-  only XLA:CPU is installed (``cpu_only``; default: no accelerator plugin found),
-  :data:`XLA_CPU_FLAGS` added, each unless already set there; None when nothing changes."""
+  """``env`` with glibc's huge-page tunable (Linux, unless ``hugepages`` is False) and
+  :data:`XLA_CPU_FLAGS` added, each unless already set there, where the CPU is the backend
+  (``cpu_only``; default: :func:`cpu_backend`); None when nothing changes."""
+  if not (cpu_backend(env) if cpu_only is None else cpu_only):
+    return None
   new = dict(env)
   tunables = env.get("GLIBC_TUNABLES", "")
   if hugepages and sys.platform.startswith("linux") and "glibc.malloc.hugetlb" not in tunables:
     new["GLIBC_TUNABLES"] = ":".join(filter(None, [tunables, HUGEPAGES]))
-  if cpu_only is None:
-    cpu_only = not accelerator_plugin_installed()
   xla_flags = env.get("XLA_FLAGS", "")
-  if cpu_only and "xla_cpu_experimental_ynn_fusion_type" not in xla_flags:
+  if "xla_cpu_experimental_ynn_fusion_type" not in xla_flags:
     new["XLA_FLAGS"] = " ".join(filter(None, [xla_flags, XLA_CPU_FLAGS]))
   return None if new == env else new
 

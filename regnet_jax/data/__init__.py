@@ -17,14 +17,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from regnet_jax.data.datasets import DATASETS, DatasetSpec, get_spec, normalize
+from regnet_jax.checks import check_choice
+from regnet_jax.data.datasets import DATASETS, DatasetSpec, check_config, get_spec, normalize
 
 INPUTS = ("tfds", "resident")
 # How the processes of a multi-process run share the training split (see pipeline's docstring).
 SHARDINGS = ("process", "global")
 
-__all__ = ["DATASETS", "INPUTS", "SHARDINGS", "DatasetSpec", "create_source", "get_spec",
-           "normalize"]
+__all__ = ["DATASETS", "INPUTS", "SHARDINGS", "DatasetSpec", "check_config", "create_source",
+           "get_spec", "normalize"]
 
 
 def create_source(config: Any, data_sharding: Any, eval_batch: int | None = None) -> Any:
@@ -40,8 +41,7 @@ def create_source(config: Any, data_sharding: Any, eval_batch: int | None = None
   from regnet_jax.data import pipeline
 
   kind = config.get("input", "tfds")
-  if kind not in INPUTS:
-    raise ValueError(f"input={kind!r} is not valid; choose one of {', '.join(INPUTS)}")
+  check_choice("input", kind, INPUTS)
   spec = get_spec(config)
   dataset = pipeline.open_data(config)
   if kind == "resident":

@@ -117,6 +117,19 @@ def default_kind(sides: tuple[int | None, ...]) -> tuple[str, int]:
   return "imagenet", PHOTO_SIZE
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Checks ``config.dataset``'s form and the config's input overrides without reading any
+  data (a folder or tfds's metadata are read by :func:`get_spec`); ValueError in one line."""
+  name = config.dataset
+  for prefix in (TFDS_PREFIX, FOLDER_PREFIX):
+    if name.startswith(prefix) and name != prefix:
+      break
+  else:
+    if name not in DATASETS:
+      raise ValueError(f"unknown dataset {name!r}; valid datasets: {VALID}")
+  _overrides(config, name in DATASETS)
+
+
 def get_spec(dataset: str | ml_collections.ConfigDict) -> DatasetSpec:
   """The spec of a dataset: a name (``config.dataset``'s syntax, with the data's own size,
   augmentation, statistics and splits) or a config (its ``dataset`` with the config's
@@ -131,6 +144,7 @@ def get_spec(dataset: str | ml_collections.ConfigDict) -> DatasetSpec:
     pipeline.DatasetNotFoundError: a ``tfds:NAME`` that is not prepared and cannot be.
   """
   config = ml_collections.ConfigDict({"dataset": dataset}) if isinstance(dataset, str) else dataset
+  check_config(config)
   name = config.dataset
   if name.startswith(FOLDER_PREFIX):
     from regnet_jax.data import folder
@@ -144,15 +158,15 @@ def get_spec(dataset: str | ml_collections.ConfigDict) -> DatasetSpec:
 
     spec = pipeline.tfds_spec(name, pipeline.get_builder(name, config.get("data_dir")),
                               config.get("train_split"), config.get("eval_split"))
-  elif name in DATASETS:
-    spec = DATASETS[name]
   else:
-    raise ValueError(f"unknown dataset {name!r}; valid datasets: {VALID}")
-  return _override(spec, config)
+    spec = DATASETS[name]
+  return dataclasses.replace(spec, **_overrides(config, name in DATASETS))
 
 
-def _override(spec: DatasetSpec, config: ml_collections.ConfigDict) -> DatasetSpec:
-  """``spec`` with the config's image size, augmentation, statistics and splits."""
+def _overrides(config: ml_collections.ConfigDict, table: bool) -> dict[str, Any]:
+  """The spec fields the config sets: image size, augmentation, statistics, and for a dataset
+  of the paper (``table``) the splits (``tfds:NAME`` and folders resolve theirs themselves);
+  ValueError in one line for a bad value."""
   changes: dict[str, Any] = {}
   size = config.get("image_size")
   if size is not None:
@@ -174,11 +188,11 @@ def _override(spec: DatasetSpec, config: ml_collections.ConfigDict) -> DatasetSp
         raise ValueError(f"{field}={tuple(value)!r} is not valid; give three numbers (R, G, B) "
                          f"on the 0-255 scale{', all positive' if attr == 'std' else ''}")
       changes[attr] = tuple(float(v) for v in value)
-  if spec.name in DATASETS:  # tfds:NAME and folders took theirs from the config already
+  if table:
     for field in ("train_split", "eval_split"):
       if config.get(field) is not None:
         changes[field] = config.get(field)
-  return dataclasses.replace(spec, **changes)
+  return changes
 
 
 def normalize(images: jax.Array, dataset: str | ml_collections.ConfigDict | DatasetSpec

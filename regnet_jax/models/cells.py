@@ -45,12 +45,6 @@ _pointwise_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_nor
 _depthwise_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", (0, 1), 2)
 
 
-def check_choice(name: str, value: Any, choices: tuple) -> None:
-  """Raises a ValueError naming the valid choices if ``value`` is not one of them."""
-  if value not in choices:
-    raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(str, choices))}")
-
-
 def channel_pairs(a: Array, b: Array, pairing: str) -> tuple[Array, Array]:
   """The first and second members of the N channel pairs of ``a`` and ``b``.
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from regnet_jax.checks import check_choice
 from regnet_jax.models.blocks import BasicBlock, BottleneckBlock
 from regnet_jax.models.cells import (
     CELL_CONVS,
@@ -30,7 +31,6 @@ from regnet_jax.models.cells import (
     ConvCell,
     DenseGateConv,
     LightGateConv,
-    check_choice,
 )
 from regnet_jax.models.stage import Stage
 
@@ -69,8 +69,6 @@ class Network(nn.Module):
     projection_bias: bias on the 1x1 projection.
     scan_unroll: see :class:`~regnet_jax.models.stage.Stage`.
     bn_momentum: BatchNorm running-average decay (PyTorch's 0.1 momentum is 0.9 here).
-    bn_axis_name: mapped axis to average BatchNorm statistics over, for use under
-      ``shard_map``; None under ``jit``, where statistics are over the global batch anyway.
     dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters and BN statistics stay float32.
     conv: the convolution module of every dense convolution: ``flax.linen.Conv`` or a drop-in
       with the same parameters.
@@ -92,7 +90,6 @@ class Network(nn.Module):
   projection_bias: bool = True
   scan_unroll: int = -1
   bn_momentum: float = 0.9
-  bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   conv: ModuleDef = nn.Conv
   cell_cls: ModuleDef = ConvCell
@@ -128,8 +125,7 @@ class Network(nn.Module):
   def norm(self, train: bool) -> ModuleDef:
     """BatchNorm constructor in train (batch statistics) or eval (running averages) mode."""
     return functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
-                             axis_name=self.bn_axis_name)
+                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype)
 
   def cell_def(self, width: int) -> ModuleDef:
     """The constructor of one stage's cell, ``width`` channels wide."""

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from regnet_jax.models.cells import initial_state
+
 Array = jax.Array
 
 
@@ -45,8 +47,7 @@ class Stage(nn.Module):
     """Creates the stage's cell parameters: one set, or ``num_blocks`` stacked ones."""
     cell = self.block_args["cell"](parent=None)
     x = jnp.zeros((1, 3, 3, cell.features), cell.dtype)
-    state = (x, x) if cell.cell == "lstm" else (x,)
-    init_one = lambda rng: cell.init(rng, x, state)["params"]
+    init_one = lambda rng: cell.init(rng, x, initial_state(cell.cell, x))["params"]
     if self.cell_sharing == "block":
       return self.param("cell", lambda rng: jax.vmap(init_one)(
           jax.random.split(rng, self.num_blocks)))

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from flax import serialization
@@ -71,9 +72,10 @@ def _cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
           + (" (AVX-512)" if avx512 else ""))
 
 
-def record_start(workdir: str, devices: list) -> dict[str, Any]:
+def record_start(workdir: str, devices: list, **extra: Any) -> dict[str, Any]:
   """Appends this start of training to ``runs.jsonl`` (process 0 only) and returns it: UTC
-  time, command line, code version, CPU, devices, process count and jax version."""
+  time, command line, code version, CPU, devices, process count, jax version, and ``extra``
+  (e.g. ``config_changes``, the recipe changes a resume was allowed)."""
   kinds: dict[str, int] = {}
   for d in devices:
     kinds[d.device_kind] = kinds.get(d.device_kind, 0) + 1
@@ -85,6 +87,7 @@ def record_start(workdir: str, devices: list) -> dict[str, Any]:
       "devices": ", ".join(f"{n} x {kind}" for kind, n in kinds.items()),
       "processes": jax.process_count(),
       "jax": jax.__version__,
+      **extra,
   }
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
@@ -131,11 +134,23 @@ def check_workdir(workdir: str, checkpoint_bytes: int, keep: int) -> None:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config from ``config.json``, in today's layout (:func:`upgrade_config`)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{workdir} has no config.json: not a training workdir")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(upgrade_config(json.load(f)))
+
+
+def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+  """A config written by an older version in today's layout: the implementation choices
+  (``cell_impl``, ``conv_grad``), once in ``model_args``, are in ``implementation``."""
+  model_args = dict(config.get("model_args", {}))
+  moved = {k: model_args.pop(k) for k in ("cell_impl", "conv_grad") if k in model_args}
+  if not moved:
+    return config
+  return {**config, "model_args": model_args,
+          "implementation": {**moved, **config.get("implementation", {})}}
 
 
 class CheckpointMismatchError(ValueError):
@@ -178,14 +193,16 @@ class Checkpointer:
   """Saves and restores a train state with an orbax ``CheckpointManager``."""
 
   def __init__(self, workdir: str, max_to_keep: int = 3, create: bool = True):
-    """``create=False`` (evaluation) never writes to the workdir."""
+    """``create=False`` (evaluation) never writes to the workdir, and restores any part of a
+    checkpoint (e.g. the parameters without the optimizer state)."""
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.partial = not create
     # Reading: no deletions and no saves (orbax's read_only=True would say so in a warning).
     options = (ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True) if create else
                ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=0,
                                             create=False))
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_handlers=ocp.StandardCheckpointHandler())
+    handler = ocp.PyTreeCheckpointHandler() if self.partial else ocp.StandardCheckpointHandler()
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handler)
     self._requested: int | None = None  # the newest step passed to save()
 
   def save(self, step: int, state: Any) -> None:
@@ -217,8 +234,25 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def saved_step(self, step: int | None = None) -> int:
+    """``step`` (None: the newest), checked to be saved here.
+
+    Raises:
+      FileNotFoundError: there is no checkpoint, or none of ``step`` (listing those there are).
+    """
+    saved = sorted(self.manager.all_steps())
+    workdir = os.path.dirname(self.directory)
+    if not saved:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}: train first "
+                              f"(python main.py --config=... --workdir={workdir})")
+    if step is not None and step not in saved:
+      raise FileNotFoundError(f"no checkpoint {step} in {self.directory}; it has steps "
+                              f"{', '.join(map(str, saved))}")
+    return saved[-1] if step is None else step
+
   def restore(self, step: int, target: Any, sharding: Any) -> Any:
-    """Restores checkpoint ``step`` into the structure of ``target``, placed with ``sharding``.
+    """Restores checkpoint ``step`` into the structure of ``target``, placed with ``sharding``
+    (with ``create=False``: only the parts of the checkpoint that ``target`` has).
 
     Raises:
       CheckpointMismatchError: the checkpoint's tree or shapes differ from ``target``'s
@@ -228,19 +262,28 @@ class Checkpointer:
     template = serialization.to_state_dict(target)
     try:
       saved = self.manager.item_metadata(step)
+      saved = getattr(saved, "tree", saved)  # the PyTree handler wraps the tree
       if saved is None or not jax.tree.leaves(saved):
         raise ValueError("its metadata lists no arrays")
     except Exception as e:  # any failure to read it: damaged
       raise self._unreadable(step, e) from None
+    if self.partial:
+      saved = {k: v for k, v in saved.items() if k in template}
     difference = first_difference(saved, template)
     if difference is not None:
       raise CheckpointMismatchError(
           f"checkpoint {step} in {self.directory} does not match this config's model "
           f"({difference}); use another --workdir or the config it was trained with")
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), template)
+    abstract = jax.tree.map(  # (template leaves: arrays, ShapeDtypeStructs or Python scalars)
+        lambda x: jax.ShapeDtypeStruct(getattr(x, "shape", ()),
+                                       getattr(x, "dtype", None) or jnp.result_type(x),
+                                       sharding=sharding), template)
+    args = (ocp.args.PyTreeRestore(abstract, partial_restore=True,
+                                   restore_args=ocp.checkpoint_utils.construct_restore_args(
+                                       abstract))
+            if self.partial else ocp.args.StandardRestore(abstract))
     try:
-      restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      restored = self.manager.restore(step, args=args)
     except Exception as e:  # tensorstore raises bare Exceptions
       raise self._unreadable(step, e) from None
     return serialization.from_state_dict(target, restored)

@@ -18,11 +18,12 @@ import sys
 import threading
 
 import jax
+import numpy as np
 
 # Environment variables holding the process count of a cluster launch JAX can auto-detect.
 _CLUSTER_SIZE_VARS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
-_WATCH_KEY = "regnet_jax/peer_watch_port"  # process 0's listening port, in JAX's key-value store
 _FINISHED = b"F"  # what a process sends its peers when it ends normally
+_HOST_BYTES = 256  # room for process 0's host name in the broadcast
 _KEEPALIVE = {"TCP_KEEPIDLE": 10, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3}  # seconds, seconds, probes
 
 
@@ -44,7 +45,8 @@ def initialize_distributed(coordinator_address: str | None = None,
     jax.distributed.initialize()
   else:
     return False
-  _watch_peers()
+  host = coordinator_address.rsplit(":", 1)[0].strip("[]") if coordinator_address else None
+  _watch_peers(host)
   return True
 
 
@@ -106,20 +108,24 @@ def _exit_with(line: str) -> None:
 _watch: _PeerWatch | None = None
 
 
-def _watch_peers() -> None:
-  """Connects this process to its peers (see the module docstring) through a port that
-  process 0 publishes in JAX's key-value store."""
+def _watch_peers(host: str | None) -> None:
+  """Connects this process to its peers (see the module docstring): process 0 listens on a
+  free port and broadcasts it, with the name of its host where ``host`` (process 0's address,
+  as the other processes reach it) is not known."""
   global _watch
-  from jax._src import distributed as jax_distributed
+  from jax.experimental import multihost_utils
 
-  state = jax_distributed.global_state
-  index, count, client = state.process_id, state.num_processes, state.client
+  index, count = jax.process_index(), jax.process_count()
   _watch = _PeerWatch(index, count)
+  server = None
   if index == 0:
     dual = socket.has_dualstack_ipv6()  # peers may reach process 0 by IPv4 or IPv6
     server = socket.create_server(("", 0), family=socket.AF_INET6 if dual else socket.AF_INET,
                                   backlog=count, dualstack_ipv6=dual)
-    client.key_value_set(_WATCH_KEY, str(server.getsockname()[1]))
+  name = np.frombuffer(socket.getfqdn().encode()[:_HOST_BYTES].ljust(_HOST_BYTES), np.uint8)
+  port, name = multihost_utils.broadcast_one_to_all(
+      (np.int32(server.getsockname()[1] if server else 0), name))
+  if server is not None:
 
     def accept() -> None:
       for _ in range(count - 1):
@@ -130,9 +136,8 @@ def _watch_peers() -> None:
 
     threading.Thread(target=accept, daemon=True, name="peer-watch-accept").start()
   else:
-    port = int(client.blocking_key_value_get(_WATCH_KEY, 300_000))
-    host = state.coordinator_address.rsplit(":", 1)[0].strip("[]")
-    conn = socket.create_connection((host, port), timeout=60)
+    host = host or bytes(np.asarray(name)).rstrip(b" ").decode()
+    conn = socket.create_connection((host, int(port)), timeout=60)
     conn.settimeout(None)
     conn.sendall(f"{index:<8d}".encode())
     _watch.add(conn, 0)

@@ -1,103 +1,192 @@
-"""Evaluation: a train state over a data source's eval split, a workdir's checkpoint, and
-loading a trained model for inference.
+"""Evaluation: the eval step, precise BN, and the one path from a workdir's checkpoint to a
+result, shared by the training loop, ``--mode=eval``, the analyses and the Python API.
 
     model, variables, config = load_from_workdir(workdir)     # newest checkpoint
-    logits = model.apply(variables, normalize(images, config.dataset), train=False)
+    logits = model.apply(variables, normalize(images, config), train=False)
+
+Evaluation needs the model's variables only (``params`` and ``batch_stats``): a checkpoint is
+restored without its optimizer state, and the eval step takes no train state.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
+import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
+from absl import logging
 
-from regnet_jax import data
-from regnet_jax.train import checkpoint, steps
+from regnet_jax import data, models
+from regnet_jax.train import checkpoint, factory
+from regnet_jax.train.mesh import DataParallel
+from regnet_jax.train.steps import cross_entropy
+
+if TYPE_CHECKING:
+  import ml_collections
+
+Variables = dict[str, Any]  # {'params': ..., 'batch_stats': ...}
+# ``recompute(variables, batches, num_batches) -> batch_stats`` (:func:`precise_bn`).
+PreciseBN = Callable[[Variables, Iterator[dict[str, Any]], int], Any]
 
 # Where ``--mode=eval`` writes its TensorBoard events, inside the workdir (apart from
 # training's, which already hold the evaluations made during training).
 EVAL_EVENTS_DIR = "eval"
+PROGRESS_EVERY_S = 10.0  # an evaluation logs its progress this often
 
 
-def evaluate(p_eval: Callable, state: steps.TrainState, trainer: steps.Trainer,
+def eval_step(apply_fn: Callable, variables: Variables, batch: dict[str, jax.Array],
+              spec: data.DatasetSpec) -> dict[str, jax.Array]:
+  """Sums over the real (``mask == 1``) examples of a global batch (``image [B, S, S, 3]``
+  pixels, ``label [B]``, ``mask [B]``): loss, top-1 and top-5 hits, count."""
+  logits = apply_fn(variables, data.normalize(batch["image"], spec), train=False)
+  mask = batch["mask"]
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+  return {
+      "loss": jnp.sum(cross_entropy(logits, batch["label"], logits.shape[-1]) * mask),
+      "top1": jnp.sum((top5[:, 0] == batch["label"]) * mask),
+      "top5": jnp.sum(jnp.any(top5 == batch["label"][:, None], axis=-1) * mask),
+      "count": jnp.sum(mask),
+  }
+
+
+def eval_summary(sums: dict[str, Any]) -> dict[str, float]:
+  """``eval_step`` sums -> mean loss, top-1/top-5 error and the example count."""
+  count = float(sums["count"])
+  return {"eval_loss": float(sums["loss"]) / count,
+          "eval_top1_error": 1.0 - float(sums["top1"]) / count,
+          "eval_top5_error": 1.0 - float(sums["top5"]) / count,
+          "eval_examples": count}
+
+
+def compile_eval_step(dp: DataParallel, model: models.Network, spec: data.DatasetSpec
+                      ) -> Callable[[Variables, dict[str, jax.Array]], dict[str, jax.Array]]:
+  """:func:`eval_step` of ``model`` jitted over ``dp``'s mesh: variables replicated, batches
+  sharded."""
+  return jax.jit(functools.partial(eval_step, model.apply, spec=spec),
+                 in_shardings=(dp.replicated, dp.data_sharding), out_shardings=dp.replicated)
+
+
+def evaluate(p_eval: Callable, variables: Variables, dp: DataParallel,
              batches: Iterator[dict[str, Any]], stop: Callable[[], bool] | None = None
              ) -> dict[str, float] | None:
-  """Top-1/top-5 error and loss of ``state`` over ``batches`` (every example of an eval split,
-  padding masked out), with ``p_eval`` from :meth:`steps.Trainer.compile_steps`.
+  """:func:`eval_summary` of ``variables`` over ``batches`` (every example of an eval split,
+  padding masked out), with ``p_eval`` from :func:`compile_eval_step`; logs its progress every
+  :data:`PROGRESS_EVERY_S` seconds.
 
   ``stop`` is asked before each batch; once it says True the evaluation is abandoned and None
   returned (a stop request is served within a batch).
   """
-  sums = None
-  for batch in trainer.prefetch(batches, 2):
+  sums, start = None, time.perf_counter()
+  last_report = start
+  for batch in dp.prefetch(batches, 2):
     if stop is not None and stop():
       return None
-    out = p_eval(state, batch)
+    out = p_eval(variables, batch)
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  sums = jax.device_get(sums)
-  return {**steps.eval_summary(sums), "eval_examples": float(sums["count"])}
+    if time.perf_counter() - last_report > PROGRESS_EVERY_S:
+      last_report = time.perf_counter()
+      logging.info("Evaluating: %d examples in %.0f s", int(sums["count"]), last_report - start)
+  return eval_summary(jax.device_get(sums))
 
 
-def eval_batch_size(batch_size: int, trainer: steps.Trainer) -> int:
-  """``batch_size`` rounded up to a multiple of the device count (evaluation pads its last
-  batch anyway, so any such size evaluates every example once)."""
-  n = len(trainer.devices)
-  return math.ceil(batch_size / n) * n
+def precise_bn(dp: DataParallel, model: models.Network, spec: data.DatasetSpec) -> PreciseBN:
+  """``recompute(variables, batches, num_batches) -> batch_stats``: BatchNorm statistics
+  recomputed for the current weights ("precise BN", as in pycls), every BN layer's mean and
+  variance averaged over ``num_batches`` training batches, in place of the running averages,
+  which lag behind weights that change fast. Compiled once, however often it is called."""
+  per_batch = model.clone(bn_momentum=0.0)  # the "running" update is then the batch's own
+
+  @functools.partial(jax.jit, in_shardings=(dp.replicated, dp.data_sharding),
+                     out_shardings=dp.replicated)
+  def stats(variables, images):
+    _, updates = per_batch.apply(variables, data.normalize(images, spec), train=True,
+                                 mutable=["batch_stats"])
+    return updates["batch_stats"]
+
+  def recompute(variables: Variables, batches: Iterator[dict[str, Any]],
+                num_batches: int) -> Any:
+    total, count = None, 0
+    for _, batch in zip(range(num_batches), batches, strict=False):
+      s = stats(variables, dp.shard({"image": batch["image"]})["image"])
+      total, count = (s if total is None else jax.tree.map(jnp.add, total, s)), count + 1
+    if not count:
+      raise ValueError("precise BN needs at least one training batch")
+    return jax.tree.map(lambda t: t / count, total)
+
+  return recompute
 
 
-def recompute_batch_stats(trainer: steps.Trainer, model: Any, variables: dict[str, Any],
-                          config: ml_collections.ConfigDict, source: Any, num_batches: int
-                          ) -> Any:
-  """Precise BN (:func:`steps.precise_bn`) over the run's own first ``num_batches`` training
-  batches."""
-  recompute = steps.precise_bn(trainer, model, data.get_spec(config))
-  return recompute(variables, source.train_batches(0), num_batches)
+def eval_source(config: ml_collections.ConfigDict, dp: DataParallel,
+                batch_size: int | None = None) -> Any:
+  """The run's data source (:func:`regnet_jax.data.create_source`), evaluating in batches of
+  ``batch_size`` (default: the run's) rounded up to a multiple of ``dp``'s device count:
+  evaluation pads its last batch, so any such size evaluates every example once."""
+  n = len(dp.devices)
+  return data.create_source(config, dp.data_sharding,
+                            math.ceil((batch_size or config.batch_size) / n) * n)
 
 
-def restore_state(workdir: str, step: int | None, trainer: steps.Trainer
-                  ) -> tuple[steps.TrainState, ml_collections.ConfigDict, Any]:
-  """The train state of checkpoint ``step`` (None: the newest) of ``workdir``, replicated on
-  ``trainer``'s devices, with the run's config and model."""
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A workdir's checkpoint, ready to evaluate."""
+
+  model: models.Network
+  variables: Variables  # params and BatchNorm statistics, replicated over the mesh
+  config: ml_collections.ConfigDict  # the run's
+  step: int
+
+
+def restore(workdir: str, step: int | None = None, dp: DataParallel | None = None) -> Restored:
+  """The model, parameters and BatchNorm statistics of checkpoint ``step`` (None: the newest)
+  of ``workdir``, replicated on ``dp``'s devices (default: all); no optimizer state is read.
+
+  Raises:
+    FileNotFoundError: not a workdir, no checkpoint, or no checkpoint ``step``.
+  """
+  dp = dp or DataParallel()
   config = checkpoint.read_config(workdir)
   spec = data.get_spec(config)
-  model = steps.build_model(config, spec.num_classes)
-  schedule = steps.learning_rate_schedule(config, 1, 1)
-  state = steps.create_train_state(
-      model, steps.create_optimizer(config, schedule), config.seed, spec.image_size)
-  ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints, create=False)
-  saved = sorted(ckpt.manager.all_steps())
-  if not saved:
-    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first "
-                            f"(python main.py --config=... --workdir={workdir})")
-  step = saved[-1] if step is None else step
-  if step not in saved:
-    raise FileNotFoundError(f"no checkpoint {step} in {ckpt.directory}; it has steps "
-                            f"{', '.join(map(str, saved))}")
-  return ckpt.restore(step, state, trainer.replicated), config, model
+  model = factory.build_model(config, spec.num_classes)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                          jnp.zeros((1, spec.image_size, spec.image_size, 3)))
+  ckpt = checkpoint.Checkpointer(workdir, create=False)
+  step = ckpt.saved_step(step)
+  target = {"step": 0, "params": shapes["params"], "batch_stats": shapes["batch_stats"]}
+  restored = ckpt.restore(step, target, dp.replicated)
+  variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+  return Restored(model, variables, config, step)
+
+
+def with_precise_bn(run: Restored, dp: DataParallel, source: Any, num_batches: int
+                    ) -> Variables:
+  """``run``'s variables with BatchNorm statistics recomputed (:func:`precise_bn`) over the
+  run's own first ``num_batches`` training batches from ``source``."""
+  recompute = precise_bn(dp, run.model, data.get_spec(run.config))
+  stats = recompute(run.variables, source.train_batches(0), num_batches)
+  return {**run.variables, "batch_stats": stats}
 
 
 def load_from_workdir(workdir: str, step: int | None = None, precise_bn_batches: int = 0
-                      ) -> tuple[Any, dict[str, Any], ml_collections.ConfigDict]:
+                      ) -> tuple[models.Network, Variables, ml_collections.ConfigDict]:
   """The model, its variables (``params`` and ``batch_stats``) and the run's config, from
-  checkpoint ``step`` (None: the newest) of ``workdir``.
+  checkpoint ``step`` (None: the newest) of ``workdir``, on one device.
 
   With ``precise_bn_batches``, the BatchNorm statistics are recomputed over that many of the
   run's training batches (this reads the dataset). A network evaluated before its learning
   rate has decayed can need this: its running averages lag behind its weights.
   """
-  trainer = steps.Trainer(jax.devices()[:1])
-  state, config, model = restore_state(workdir, step, trainer)
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  dp = DataParallel(jax.devices()[:1])
+  run = restore(workdir, step, dp)
+  variables = run.variables
   if precise_bn_batches > 0:
-    source = data.create_source(config, trainer.data_sharding)
-    variables["batch_stats"] = recompute_batch_stats(trainer, model, variables, config, source,
-                                                     precise_bn_batches)
-  return model, variables, config
+    variables = with_precise_bn(run, dp, eval_source(run.config, dp), precise_bn_batches)
+  return run.model, variables, run.config
 
 
 def evaluate_workdir(workdir: str, step: int | None = None, precise_bn_batches: int = 0,
@@ -106,30 +195,30 @@ def evaluate_workdir(workdir: str, step: int | None = None, precise_bn_batches: 
   it to TensorBoard in ``workdir/eval``.
 
   With ``precise_bn_batches``, BatchNorm statistics are first recomputed over that many
-  training batches (:func:`recompute_batch_stats`); the results are then logged as
+  training batches (:func:`precise_bn`); the results are then logged as
   ``precise_bn_eval_*``. Works on any device count: the eval batch is the run's, rounded up
   to a multiple of the ``devices`` (default: all).
   """
   from clu import metric_writers
 
-  trainer = steps.Trainer(devices)
-  state, config, model = restore_state(workdir, step, trainer)
-  source = data.create_source(config, trainer.data_sharding,
-                              eval_batch_size(config.batch_size, trainer))
+  dp = DataParallel(devices)
+  print(f"Restoring {workdir} ({'the newest checkpoint' if step is None else f'step {step}'})")
+  run = restore(workdir, step, dp)
+  spec = data.get_spec(run.config)
+  source = eval_source(run.config, dp)
+  variables = run.variables
   if precise_bn_batches > 0:
     print(f"Recomputing BatchNorm statistics over {precise_bn_batches} training batches...")
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    state = state.replace(batch_stats=recompute_batch_stats(trainer, model, variables, config,
-                                                            source, precise_bn_batches))
-  _, p_eval = trainer.compile_steps(config, steps.learning_rate_schedule(config, 1, 1))
-  result = evaluate(p_eval, state, trainer, source.eval_batches())
-  step = int(state.step)
+    variables = with_precise_bn(run, dp, source, precise_bn_batches)
+  print(f"Evaluating step {run.step} on the {spec.eval_split} split (compiling first)...")
+  result = evaluate(compile_eval_step(dp, run.model, spec), variables, dp,
+                    source.eval_batches())
   writer = metric_writers.create_default_writer(os.path.join(workdir, EVAL_EVENTS_DIR),
                                                 just_logging=jax.process_index() > 0)
   prefix = "precise_bn_" if precise_bn_batches > 0 else ""
-  writer.write_scalars(step, {prefix + k: v for k, v in result.items()})
+  writer.write_scalars(run.step, {prefix + k: v for k, v in result.items()})
   writer.flush()
-  print(f"step {step}: top-1 error {100 * result['eval_top1_error']:.2f}%, top-5 error "
+  print(f"step {run.step}: top-1 error {100 * result['eval_top1_error']:.2f}%, top-5 error "
         f"{100 * result['eval_top5_error']:.2f}%, loss {result['eval_loss']:.4f} over "
         f"{int(result['eval_examples'])} examples")
   return result

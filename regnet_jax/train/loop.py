@@ -2,7 +2,8 @@
 the train step (:mod:`regnet_jax.train.steps`).
 
 Whatever the source (``config.input``: the tfds pipeline, or CIFAR resident on the devices),
-the loop resumes from the newest checkpoint, logs the first step's metrics and then every
+the loop resumes from the newest checkpoint (with the recipe it was started with:
+:mod:`regnet_jax.train.resume`), logs the first step's metrics and then every
 ``log_every_steps``, evaluates (also with precise BN if asked), checks that the loss and the
 parameters are finite, saves checkpoints, and stops cleanly, with a checkpoint, on SIGTERM or
 SIGINT and at an optional deadline.
@@ -10,8 +11,10 @@ SIGINT and at an optional deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -26,41 +29,22 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from regnet_jax import data
-from regnet_jax.train import checkpoint, evaluate, steps
+from regnet_jax.train import checkpoint, evaluate, factory, optim, resume, steps
+from regnet_jax.train.mesh import DataParallel
+from regnet_jax.train.validate import validate_config
 
 # A loss this many times its first logged value (or more) means training diverged.
 DIVERGENCE_FACTOR = 4.0
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError with one clear line for a config that cannot run."""
-  # Bad model args fail here, before any data is read.
-  steps.build_model(config, data.get_spec(config).num_classes)
-  for field in ("batch_size", "learning_rate"):
-    if not config[field] > 0:
-      raise ValueError(f"{field} must be positive, got {config[field]!r}")
-  if config.num_train_steps <= 0 and not config.num_epochs > 0:
-    raise ValueError(f"num_epochs must be positive (or set num_train_steps), got "
-                     f"{config.num_epochs!r}")
-  if config.eval_precise_bn_batches < 0:
-    raise ValueError(f"eval_precise_bn_batches must be >= 0 (0: off), got "
-                     f"{config.eval_precise_bn_batches!r}")
-  if config.lr_schedule not in ("step", "cosine"):
-    raise ValueError(f"lr_schedule={config.lr_schedule!r} is not valid; choose step or cosine")
-  if config.get("input_sharding", "process") not in data.SHARDINGS:
-    raise ValueError(f"input_sharding={config.input_sharding!r} is not valid; choose one of "
-                     f"{', '.join(data.SHARDINGS)}")
-  if config.get("input", "tfds") not in data.INPUTS:
-    raise ValueError(f"input={config.input!r} is not valid; choose one of "
-                     f"{', '.join(data.INPUTS)}")
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: list | None = None, deadline_s: float | None = None,
-                       source: Any = None) -> steps.TrainState:
+                       source: Any = None, allow_config_change: bool = False
+                       ) -> steps.TrainState:
   """Trains ``config`` in ``workdir``, resuming from its newest checkpoint if there is one.
 
-  Writes TensorBoard events, ``config.json`` and orbax checkpoints to ``workdir``.
+  Writes TensorBoard events, ``config.json``, ``runs.jsonl`` and orbax checkpoints to
+  ``workdir``.
 
   Args:
     config: the run's config (see ``configs/default.py``).
@@ -69,116 +53,191 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     deadline_s: stop (with a checkpoint) after the first step that ends this many seconds
       after the call; a rerun resumes.
     source: the data source (default: the one ``config.input`` names).
+    allow_config_change: resume a run whose config differs from ``config`` in fields that
+      change the result (:mod:`regnet_jax.train.resume`), recording the changes.
   Returns:
     The final train state.
   """
   start_time = time.perf_counter()
   validate_config(config)
-  trainer = steps.Trainer(devices)
-  trainer.check_batch_size(config.batch_size)
-  source = source or data.create_source(config, trainer.data_sharding)
+  changes = resume.check_resume(workdir, config, allow_config_change)
+  dp = DataParallel(devices)
+  dp.check_batch_size(config.batch_size)
   spec = data.get_spec(config)
-  model = steps.build_model(config, spec.num_classes)
-  steps_per_epoch = source.steps_per_epoch
+  model = factory.build_model(config, spec.num_classes)  # the run's one model
+  logging.info("Opening %s (input=%s)...", config.dataset, config.input)
+  source = source or data.create_source(config, dp.data_sharding)
   num_steps = (config.num_train_steps if config.num_train_steps > 0
-               else math.ceil(config.num_epochs * steps_per_epoch))
+               else math.ceil(config.num_epochs * source.steps_per_epoch))
+  run = _Run(config, workdir, dp, spec, model, source, num_steps,
+             optim.learning_rate_schedule(config, source.steps_per_epoch, num_steps))
+  state = run.start(changes)
+  return run.train(state, start_time, deadline_s)
 
-  schedule = steps.learning_rate_schedule(config, steps_per_epoch, num_steps)
-  state = steps.create_train_state(
-      model, steps.create_optimizer(config, schedule), config.seed, spec.image_size)
-  checkpoint.check_workdir(workdir, sum(x.nbytes for x in jax.tree.leaves(state)),
-                           config.keep_checkpoints)
-  ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
-  state = trainer.replicate(ckpt.restore_latest(state, trainer.replicated) or state)
-  checkpoint.write_config(workdir, config)
-  checkpoint.record_start(workdir, trainer.devices)
-  start = int(state.step)
-  if start:
-    logging.info("Resuming from the checkpoint of step %d in %s", start, workdir)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  if start == 0:
-    writer.write_hparams(_flat_hparams(config))
-  p_train, p_eval = trainer.compile_steps(config, schedule)
-  recompute = (steps.precise_bn(trainer, model, spec) if config.eval_precise_bn_batches > 0
-               else None)
+@dataclasses.dataclass
+class _Run:
+  """One training run's pieces, and its three phases: start, evaluate, train."""
 
-  def run_evaluation(step: int, stop: StopOnSignal) -> None:
+  config: ml_collections.ConfigDict
+  workdir: str
+  dp: DataParallel
+  spec: data.DatasetSpec
+  model: Any
+  source: Any
+  num_steps: int
+  schedule: Any
+
+  def start(self, changes: dict[str, tuple[Any, Any]]) -> steps.TrainState:
+    """The state to train from (restored, or initial), with the workdir, writer and compiled
+    steps set up."""
+    config, workdir = self.config, self.workdir
+    logging.info("Initialising %s and looking for a checkpoint in %s...", config.model, workdir)
+    state = steps.create_train_state(self.model, optim.create_optimizer(config, self.schedule),
+                                     config.seed, self.spec.image_size)
+    checkpoint.check_workdir(workdir, sum(x.nbytes for x in jax.tree.leaves(state)),
+                             config.keep_checkpoints)
+    self.ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
+    state = self.dp.replicate(self.ckpt.restore_latest(state, self.dp.replicated) or state)
+    checkpoint.write_config(workdir, config)
+    extra = {"config_changes": {k: list(v) for k, v in changes.items()}} if changes else {}
+    checkpoint.record_start(workdir, self.dp.devices, **extra)
+    if int(state.step):
+      logging.info("Resuming from the checkpoint of step %d in %s", int(state.step), workdir)
+    for field, (old, new) in changes.items():
+      logging.warning("Resuming with %s changed from %r to %r (--allow_config_change)",
+                      field, old, new)
+    self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0)
+    if not int(state.step):
+      self.writer.write_hparams(_resolved_hparams(config))
+    self.p_train = steps.compile_train_step(self.dp, self.spec, config.label_smoothing,
+                                            self.schedule)
+    self.p_eval = evaluate.compile_eval_step(self.dp, self.model, self.spec)
+    self.recompute = (evaluate.precise_bn(self.dp, self.model, self.spec)
+                      if config.eval_precise_bn_batches > 0 else None)
+    return state
+
+  def evaluate(self, step: int, state: steps.TrainState, stop: StopOnSignal) -> None:
     """Evaluates and logs; abandoned (nothing logged) when a stop is requested meanwhile."""
-    logging.info("Evaluating at step %d%s...", step, " (also with precise BN)" if recompute else "")
+    logging.info("Evaluating at step %d%s...", step,
+                 " (also with precise BN)" if self.recompute else "")
     stopping = stop.requested
-    result = evaluate.evaluate(p_eval, state, trainer, source.eval_batches(), stopping)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    result = evaluate.evaluate(self.p_eval, variables, self.dp, self.source.eval_batches(),
+                               stopping)
     if result is not None:
-      writer.write_scalars(step, result)
-    if recompute is not None and not stopping():  # the same weights, BN statistics recomputed
-      stats = recompute({"params": state.params, "batch_stats": state.batch_stats},
-                        source.train_batches(0), config.eval_precise_bn_batches)
-      result = evaluate.evaluate(p_eval, state.replace(batch_stats=stats), trainer,
-                                 source.eval_batches(), stopping)
+      self.writer.write_scalars(step, result)
+    if self.recompute is not None and not stopping():  # the same weights, BN recomputed
+      stats = self.recompute(variables, self.source.train_batches(0),
+                             self.config.eval_precise_bn_batches)
+      result = evaluate.evaluate(self.p_eval, {**variables, "batch_stats": stats}, self.dp,
+                                 self.source.eval_batches(), stopping)
       if result is not None:
-        writer.write_scalars(step, {"precise_bn_" + k: v for k, v in result.items()})
+        self.writer.write_scalars(step, {"precise_bn_" + k: v for k, v in result.items()})
     if stopping():
       logging.warning("Evaluation at step %d abandoned: stopping (%s)", step, stop.reason)
 
-  every = lambda n: n if n > 0 else steps_per_epoch
-  log_every, eval_every, ckpt_every = (every(config.log_every_steps),
-                                       every(config.eval_every_steps),
-                                       every(config.checkpoint_every_steps))
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
-  batches = trainer.prefetch(source.train_batches(start), config.prefetch_batches)
+  def train(self, state: steps.TrainState, start_time: float, deadline_s: float | None
+            ) -> steps.TrainState:
+    """Trains from ``state`` to the last step or a stop; returns the final state."""
+    config, start = self.config, int(state.step)
+    every = lambda n: n if n > 0 else self.source.steps_per_epoch
+    log_every, eval_every, ckpt_every = (every(config.log_every_steps),
+                                         every(config.eval_every_steps),
+                                         every(config.checkpoint_every_steps))
+    progress = periodic_actions.ReportProgress(num_train_steps=self.num_steps)  # ETA lines
+    batches = self.dp.prefetch(self.source.train_batches(start), config.prefetch_batches)
+    metrics_log = _MetricsLog(self.writer, config, self.workdir)
+    try:
+      with StopOnSignal(self.dp) as stop:
+        for step in range(start + 1, self.num_steps + 1):
+          if step == start + 1:
+            logging.info("Compiling the train step...")
+          state, metrics = self.p_train(state, next(batches))
+          metrics_log.add(step, metrics, first=step == start + 1)
+          progress(step)
+          if deadline_s is not None and time.perf_counter() - start_time > deadline_s:
+            stop.request("the deadline")
+          last = stop.requested() or step == self.num_steps
+          if step % log_every == 0 or step == start + 1 or last:
+            metrics_log.write(step)
+          if step % eval_every == 0 or step == self.num_steps:
+            self.evaluate(step, state, stop)
+            metrics_log.restart_timer()  # the rate leaves evaluation out
+          if step % ckpt_every == 0 or last or stop.reason is not None:  # (stop: during eval)
+            self.save(step, state, metrics_log)
+          if stop.reason is not None:
+            self.ckpt.wait()  # raises if the checkpoint did not land
+            logging.warning("Stopped by %s at step %d; checkpoint saved in %s. Run the same "
+                            "command to resume.", stop.reason, step, self.workdir)
+            break
+    finally:
+      self.ckpt.wait()  # an in-flight save completes (and is checked) even on an error
+    self.writer.flush()
+    if int(state.step) == self.num_steps:
+      logging.info("Finished: %d steps; checkpoints and TensorBoard events in %s",
+                   self.num_steps, self.workdir)
+    return state
 
-  pending: list[dict[str, jax.Array]] = []
-  first_loss = None
-  timer, timed_steps = time.perf_counter(), 0  # the steps since the timer started
-  try:
-    with StopOnSignal(trainer) as stop:
-      for step in range(start + 1, num_steps + 1):
-        if step == start + 1:
-          logging.info("Compiling the train step...")
-        state, metrics = p_train(state, next(batches))
-        if step == start + 1:
-          jax.block_until_ready(metrics)
-          logging.info("Compiled the train step and ran step %d in %.1f s", step,
-                       time.perf_counter() - timer)
-        if pending:  # one step in flight: a stop request is served within a step or two
-          jax.block_until_ready(pending[-1])
-        pending.append(metrics)
-        timed_steps += 1
-        report(step)
-        if deadline_s is not None and time.perf_counter() - start_time > deadline_s:
-          stop.request("the deadline")
-        last = stop.requested() or step == num_steps
-        if step % log_every == 0 or step == start + 1 or last:
-          summary = _mean_finite(pending, step, workdir)
-          first_loss = summary["train_loss"] if first_loss is None else first_loss
-          _check_divergence(summary["train_loss"], first_loss, step, config.learning_rate)
-          elapsed, timer = time.perf_counter() - timer, time.perf_counter()
-          summary["train_images_per_sec"] = timed_steps * config.batch_size / elapsed
-          timed_steps = 0
-          writer.write_scalars(step, summary)
-          pending = []
-        if step % eval_every == 0 or step == num_steps:
-          run_evaluation(step, stop)
-          timer, timed_steps = time.perf_counter(), 0  # the rate leaves evaluation out
-        if step % ckpt_every == 0 or last or stop.reason is not None:  # (stop: during eval)
-          if pending:  # never save parameters that produced a non-finite loss
-            _mean_finite(pending, step, workdir)
-          if not _all_finite(state.params):
-            raise FloatingPointError(f"non-finite parameters after step {step}; the last good "
-                                     f"checkpoint in {workdir} is kept (lower the learning rate?)")
-          ckpt.save(step, state)
-        if stop.reason is not None:
-          ckpt.wait()  # raises if the checkpoint did not land
-          logging.warning("Stopped by %s at step %d; checkpoint saved in %s. Run the same "
-                          "command to resume.", stop.reason, step, workdir)
-          break
-  finally:
-    ckpt.wait()  # an in-flight save completes (and is checked) even when stopping on an error
-  writer.flush()
-  if int(state.step) == num_steps:
-    logging.info("Finished: %d steps; checkpoints and TensorBoard events in %s", num_steps,
-                 workdir)
-  return state
+  def save(self, step: int, state: steps.TrainState, metrics_log: _MetricsLog) -> None:
+    """Saves a checkpoint of ``state``, never of parameters that produced a non-finite loss."""
+    metrics_log.check_pending(step)
+    if not _all_finite(state.params):
+      raise FloatingPointError(f"non-finite parameters after step {step}; the last good "
+                               f"checkpoint in {self.workdir} is kept (lower the learning "
+                               "rate?)")
+    self.ckpt.save(step, state)
+
+
+class _MetricsLog:
+  """The train metrics of the steps since the last write, their mean written every
+  ``log_every_steps``, and the training rate, which leaves out compilation (the first step
+  of a start, logged as ``compile_seconds``) and evaluation."""
+
+  def __init__(self, writer: Any, config: ml_collections.ConfigDict, workdir: str):
+    self.writer, self.config, self.workdir = writer, config, workdir
+    self.pending: list[dict[str, jax.Array]] = []
+    self.first_loss: float | None = None
+    self.compile_seconds: float | None = None
+    self.restart_timer()
+
+  def restart_timer(self) -> None:
+    self.timer, self.timed_steps = time.perf_counter(), 0
+
+  def add(self, step: int, metrics: dict[str, jax.Array], first: bool) -> None:
+    """Keeps a step's metrics; waits for the step before (one step in flight, so a stop
+    request is served within a step or two), or for this one if it is the first."""
+    if first:
+      jax.block_until_ready(metrics)
+      self.compile_seconds = time.perf_counter() - self.timer
+      logging.info("Compiled the train step and ran step %d in %.1f s", step,
+                   self.compile_seconds)
+      self.restart_timer()
+    else:
+      if self.pending:
+        jax.block_until_ready(self.pending[-1])
+      self.timed_steps += 1
+    self.pending.append(metrics)
+
+  def check_pending(self, step: int) -> None:
+    """FloatingPointError if a pending step's loss is not finite."""
+    if self.pending:
+      _mean_finite(self.pending, step, self.workdir)
+
+  def write(self, step: int) -> None:
+    """Writes the pending steps' mean metrics and the training rate since the last write."""
+    summary = _mean_finite(self.pending, step, self.workdir)  # (waits for every pending step)
+    self.first_loss = summary["train_loss"] if self.first_loss is None else self.first_loss
+    _check_divergence(summary["train_loss"], self.first_loss, step, self.config.learning_rate)
+    if self.compile_seconds is not None:
+      summary["compile_seconds"], self.compile_seconds = self.compile_seconds, None
+    elif self.timed_steps:
+      summary["train_images_per_sec"] = (self.timed_steps * self.config.batch_size
+                                         / (time.perf_counter() - self.timer))
+      self.restart_timer()
+    self.writer.write_scalars(step, summary)
+    self.pending = []
 
 
 class StopOnSignal:
@@ -196,10 +255,10 @@ class StopOnSignal:
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
   REASONS = ("SIGTERM", "SIGINT", "the deadline")  # what a request can be, coded 1, 2, 3
 
-  def __init__(self, trainer: steps.Trainer | None = None):
-    multi = trainer is not None and jax.process_count() > 1
-    self._gather = _gather_codes(trainer) if multi else None
-    self._devices = trainer.devices if multi else []
+  def __init__(self, dp: DataParallel | None = None):
+    multi = dp is not None and jax.process_count() > 1
+    self._gather = _gather_codes(dp) if multi else None
+    self._devices = dp.devices if multi else []
 
   def __enter__(self) -> StopOnSignal:
     self.signal: str | None = None  # this process's request
@@ -238,15 +297,15 @@ class StopOnSignal:
       signal.signal(s, handler)
 
 
-def _gather_codes(trainer: steps.Trainer) -> Callable[[int], jax.Array]:
+def _gather_codes(dp: DataParallel) -> Callable[[int], jax.Array]:
   """``gather(code)``, called by every process: the ``[devices]`` array of each device's
-  process's ``code`` (in ``trainer.devices``' order), replicated: an all-gather."""
-  local = sum(d.process_index == jax.process_index() for d in trainer.devices)
-  replicate = jax.jit(lambda codes: codes, out_shardings=trainer.replicated)
+  process's ``code`` (in ``dp.devices``' order), replicated: an all-gather."""
+  local = sum(d.process_index == jax.process_index() for d in dp.devices)
+  replicate = jax.jit(lambda codes: codes, out_shardings=dp.replicated)
 
   def gather(code: int) -> jax.Array:
     codes = np.full((local,), code, np.int32)
-    return replicate(jax.make_array_from_process_local_data(trainer.data_sharding, codes))
+    return replicate(jax.make_array_from_process_local_data(dp.data_sharding, codes))
 
   return gather
 
@@ -277,7 +336,14 @@ def _check_divergence(loss: float, first_loss: float, step: int, learning_rate: 
                     learning_rate)
 
 
-def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def _resolved_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as TensorBoard's hyperparameters: flat (``model_args.cell``), JSON for
+  sequences, and defaults resolved: the data_dir tfds reads, "all" regulated stages."""
+  config = config.to_dict()
+  config["data_dir"] = config.get("data_dir") or os.environ.get(
+      "TFDS_DATA_DIR", os.path.join("~", "tensorflow_datasets"))
+  if not config.get("model_args", {}).get("regulated_stages", True):
+    config["model_args"]["regulated_stages"] = "all"
   flat = {}
 
   def walk(prefix, node):
@@ -286,5 +352,5 @@ def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
         walk(f"{prefix}{k}.", v)
       else:
         flat[prefix + k] = v if isinstance(v, int | float | str | bool) else json.dumps(v)
-  walk("", config.to_dict())
+  walk("", config)
   return flat

@@ -13,8 +13,7 @@ from PIL import Image
 
 from regnet_jax import models, summary
 from regnet_jax.analysis import block_probe, bn_check, feature_maps, results
-from regnet_jax.train import checkpoint, evaluate, loop
-from regnet_jax.train import steps as train_steps
+from regnet_jax.train import checkpoint, evaluate, factory, loop
 from tests.train.test_loop import STEPS, scalars, tiny_config
 
 
@@ -84,7 +83,7 @@ def test_results_table_and_figures(run, tmp_path, capsys):
   for tag in ("train_loss", "eval_top1_error", "learning_rate"):
     assert {s: v for s, v, _ in ours[tag]} == pytest.approx(reference[tag], rel=1e-7)
   row = results.summarize(run)
-  model = train_steps.build_model(checkpoint.read_config(run), 10)
+  model = factory.build_model(checkpoint.read_config(run), 10)
   assert row["label"] == "regnet20_gru interleave" and row["paper_error"] == 7.42
   assert row["pairing"] == "interleave"
   assert row["params"] == summary.count_params(model, 32)

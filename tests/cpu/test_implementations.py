@@ -14,7 +14,7 @@ from regnet_jax import cpu, models
 from regnet_jax.cpu import kernels
 from regnet_jax.cpu.cell import KernelConvCell
 from regnet_jax.models.cells import ConvCell
-from regnet_jax.train import steps
+from regnet_jax.train import factory
 
 
 def _init(model, x):
@@ -70,7 +70,7 @@ def test_kernel_model_loss_and_gradients_equal_the_reference(name, overrides):
   gradients) give the reference's parameter tree, loss and every gradient."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
   reference = models.create_model(name, 10, depth=8, **overrides)
-  fast = steps.make_model(name, 10, depth=8, **overrides)
+  fast = factory.implement(models.create_model(name, 10, depth=8, **overrides))
   assert fast.cell_cls is KernelConvCell
   variables = _init(reference, x)
   assert jax.tree.structure(_init(fast, x)) == jax.tree.structure(variables)

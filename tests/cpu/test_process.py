@@ -1,6 +1,5 @@
 """cpu.process: glibc's huge-page tunable cuts XLA:CPU's page faults; the process restarts itself
-once to apply it and XLA:CPU's convolution setting (not where an accelerator jaxlib is
-installed)."""
+once to apply it and XLA:CPU's convolution setting, only where the CPU is the backend."""
 
 import os
 import subprocess
@@ -54,11 +53,10 @@ def test_reexec_once_keeps_the_command_line():
            if k not in ("GLIBC_TUNABLES", "XLA_FLAGS", "REGNET_NO_REEXEC")}
   lines = _run(_REEXEC, dict(plain, GLIBC_TUNABLES="glibc.malloc.arena_max=4",
                              XLA_FLAGS="--xla_force_host_platform_device_count=2"), "a", "-b")
-  cpu_flags = "" if host.accelerator_plugin_installed() else f" {host.XLA_CPU_FLAGS}"
   assert lines.splitlines() == [
       "start glibc.malloc.arena_max=4 --xla_force_host_platform_device_count=2 ['a', '-b']",
       "start glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1 "
-      f"--xla_force_host_platform_device_count=2{cpu_flags} ['a', '-b']"]
+      f"--xla_force_host_platform_device_count=2 {host.XLA_CPU_FLAGS} ['a', '-b']"]
   lines = _run(_REEXEC, dict(plain, REGNET_NO_REEXEC="1"), "a")
   assert lines.splitlines() == ["start None None ['a']"]
 
@@ -68,7 +66,16 @@ def test_cpu_env_leaves_what_the_user_set():
           "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="}
   assert host.cpu_env(user) is None
   assert host.cpu_env({}, hugepages=False, cpu_only=True) == {"XLA_FLAGS": host.XLA_CPU_FLAGS}
-  assert host.cpu_env({}, hugepages=False, cpu_only=False) is None  # a GPU/TPU jaxlib
+  assert host.cpu_env({}, hugepages=False, cpu_only=False) is None  # a GPU/TPU backend
+  assert host.cpu_env({"JAX_PLATFORMS": "cuda"}) is None  # nothing to restart for
+
+
+@pytest.mark.parametrize("platforms,plugin,cpu", [
+    ("", False, True), ("", True, False), ("cpu", True, True), ("cuda,cpu", False, False),
+    ("cuda", True, False)])
+def test_cpu_backend_follows_jax_platforms_then_plugins(monkeypatch, platforms, plugin, cpu):
+  monkeypatch.setattr(host, "accelerator_plugin_installed", lambda: plugin)
+  assert host.cpu_backend({"JAX_PLATFORMS": platforms} if platforms else {}) == cpu
 
 
 class _Dist:

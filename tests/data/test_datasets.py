@@ -15,7 +15,7 @@ from configs import default
 from regnet_jax import data
 from regnet_jax.data import datasets, import_data, resident
 from regnet_jax.data import pipeline as ip
-from regnet_jax.train import steps
+from regnet_jax.train.mesh import DataParallel
 
 
 def config_for(dataset, **overrides):
@@ -43,7 +43,7 @@ def test_splits_and_inputs_follow_the_config(tfds_dir):
   spec = data.get_spec(config)
   assert (spec.train_split, spec.eval_split, spec.image_size, spec.mean, spec.std) == (
       "train[:50%]", "train[50%:]", 24, (1.0, 2.0, 3.0), (4.0, 5.0, 6.0))
-  source = data.create_source(config, steps.Trainer().data_sharding)
+  source = data.create_source(config, DataParallel().data_sharding)
   assert source.steps_per_epoch == 4  # 256 of the 512 training images, batch 64
   assert next(source.train_batches(0))["image"].shape == (64, 24, 24, 3)  # resized, cropped
   assert sum(b["mask"].sum() for b in source.eval_batches()) == 256
@@ -157,7 +157,7 @@ def test_resident_input_holds_small_tfds_images_only(tfds_dir, tmp_path):
   with pytest.raises(ValueError, match=re.escape(
       f"config.input='resident' is for CIFAR datasets and tfds datasets of 32x32 RGB images "
       f"(held in device memory); 'folder:{tmp_path}' is not one: use input='tfds'")):
-    data.create_source(config, steps.Trainer().data_sharding)
+    data.create_source(config, DataParallel().data_sharding)
 
 
 def test_cifar100_superclasses():
@@ -226,3 +226,18 @@ def test_cifar100_import_refuses_labels_out_of_range(tmp_path):
   with pytest.raises(ValueError, match=re.escape(
       f"{tmp_path / 'train-jpeg.npz'}: labels must be 0-99 for cifar100; they are 0-100")):
     import_data.import_dataset("cifar100", str(tmp_path), str(tmp_path / "tfds2"))
+
+
+def test_runs_started_before_the_data_fields_existed_resume():
+  """The data fields default to None (the data's own), so a config.json without them is the
+  same recipe to the resume guard."""
+  from regnet_jax.train import resume
+
+  new = default.get_config().to_dict()
+  added = ("train_split", "eval_split", "holdout_fraction", "holdout_seed", "image_size",
+           "augment", "data_mean", "data_std")
+  old = {k: v for k, v in new.items() if k not in added}
+  assert len(old) == len(new) - len(added)
+  assert resume.config_changes(old, new) == {}
+  assert resume.config_changes(old, {**new, "holdout_fraction": 0.2}) == {
+      "holdout_fraction": (None, 0.2)}

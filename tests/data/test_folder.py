@@ -25,7 +25,8 @@ from regnet_jax.data import folder, stats
 from regnet_jax.data import pipeline as ip
 from regnet_jax.data.datasets import IMAGENETTE_CLASSES
 from regnet_jax.data.import_data import read_npz
-from regnet_jax.train import loop, steps
+from regnet_jax.train import loop
+from regnet_jax.train.mesh import DataParallel
 from tests.conftest import REPO, TESTDATA
 
 # The byte a corrupt file's image data is overwritten with, after its first 300 bytes (the
@@ -199,7 +200,7 @@ def test_small_images_are_evaluated_as_they_are(small_pngs):
   config = folder_config(small_pngs, batch_size=16)
   spec = data.get_spec(config)
   assert (spec.kind, spec.image_size, spec.eval_split) == ("cifar", 32, "holdout")
-  source = data.create_source(config, steps.Trainer().data_sharding)
+  source = data.create_source(config, DataParallel().data_sharding)
   batches = list(source.eval_batches())
   mask = np.concatenate([b["mask"] for b in batches]) == 1
   paths, labels = folder.scan(str(small_pngs)).examples("holdout")
@@ -211,7 +212,7 @@ def test_small_images_are_evaluated_as_they_are(small_pngs):
 
 def test_epochs_are_seeded_permutations_and_resume_exactly(small_pngs):
   config = folder_config(small_pngs, batch_size=36, seed=3)
-  source = data.create_source(config, steps.Trainer().data_sharding)
+  source = data.create_source(config, DataParallel().data_sharding)
   assert source.steps_per_epoch == 5  # 180 training images
   full = [b for _, b in zip(range(10), source.train_batches(0), strict=False)]
   assert all(b["image"].shape == (36, 32, 32, 3) for b in full)
@@ -268,7 +269,7 @@ def corrupt_nette(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path, pathlib
 def test_undecodable_images_are_named_or_skipped_and_counted(corrupt_nette, caplog):
   root, bad_train, bad_val = corrupt_nette
   config = folder_config(root, batch_size=8, image_size=32)
-  source = data.create_source(config, steps.Trainer().data_sharding)
+  source = data.create_source(config, DataParallel().data_sharding)
   with pytest.raises(ip.BadImageError) as raised:
     for _ in zip(range(5), source.train_batches(0), strict=False):
       pass
@@ -282,7 +283,7 @@ def test_undecodable_images_are_named_or_skipped_and_counted(corrupt_nette, capl
                       r"--config.skip_bad_images=True to skip such images", str(raised.value))
 
   config.skip_bad_images = True
-  source = data.create_source(config, steps.Trainer().data_sharding)
+  source = data.create_source(config, DataParallel().data_sharding)
   with caplog.at_level(logging.WARNING):
     # 39 good photos: 4 full batches of 8 per epoch (the remainder, 7, is dropped).
     batches = [b for _, b in zip(range(8), source.train_batches(0), strict=False)]

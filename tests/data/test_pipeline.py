@@ -309,7 +309,7 @@ def test_config_resize_antialias_reaches_every_crop(tfds_dir, monkeypatch, antia
   (recorded as tf.data traces the pipeline)."""
   from configs import default
   from regnet_jax import data
-  from regnet_jax.train import steps
+  from regnet_jax.train.mesh import DataParallel
 
   seen, resize = [], ip._resize
 
@@ -321,7 +321,7 @@ def test_config_resize_antialias_reaches_every_crop(tfds_dir, monkeypatch, antia
   config = default.get_config()
   config.update(dict(dataset="imagenette", data_dir=tfds_dir, batch_size=4, shuffle_buffer=8,
                      resize_antialias=antialias))
-  source = data.create_source(config, steps.Trainer().data_sharding)
+  source = data.create_source(config, DataParallel().data_sharding)
   assert next(source.train_batches(0))["image"].shape == (4, 224, 224, 3)
   assert seen and set(seen) == {antialias}
   seen.clear()

@@ -9,7 +9,8 @@ import pytest
 from configs import default
 from regnet_jax import data
 from regnet_jax.data import resident
-from regnet_jax.train import evaluate, loop, steps
+from regnet_jax.train import evaluate, factory, loop, steps
+from regnet_jax.train.mesh import DataParallel
 
 CIFAR = data.get_spec("cifar10")
 
@@ -35,9 +36,8 @@ def tiny_arrays(train: int = 64, test: int = 24) -> dict:
 
 
 def source(config, devices=None, arrays=None):
-  trainer = steps.Trainer(devices)
   return resident.ResidentSource(arrays or tiny_arrays(), CIFAR, config.batch_size, config.seed,
-                                 trainer.data_sharding, eval_batch=8)
+                                 DataParallel(devices).data_sharding, eval_batch=8)
 
 
 def test_augment_is_a_padded_crop_or_its_mirror():
@@ -80,7 +80,7 @@ def test_batches_are_the_augmented_examples_of_the_epoch_order():
     np.testing.assert_array_equal(batch["label"], labels[idx])
   resumed = jax.device_get(next(src.train_batches(5)))
   np.testing.assert_array_equal(resumed["image"], batches[5]["image"])
-  assert next(src.train_batches(0))["image"].sharding == steps.Trainer().data_sharding
+  assert next(src.train_batches(0))["image"].sharding == DataParallel().data_sharding
   evals = [jax.device_get(b) for b in src.eval_batches()]
   assert len(evals) == 3 and all(len(b["label"]) == 8 for b in evals)
   mask = np.concatenate([b["mask"] for b in evals])
@@ -146,7 +146,7 @@ def test_precise_bn_evals_leave_training_unchanged(tmp_path):
                jax.device_get(plain.params))
   logged = results.read_scalars(str(tmp_path / "b"))
   assert "precise_bn_eval_top1_error" not in results.read_scalars(str(tmp_path / "a"))
-  model = steps.build_model(config, 10).clone(bn_momentum=0.0)  # stats of the batch
+  model = factory.build_model(config, 10).clone(bn_momentum=0.0)  # stats of the batch
   variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
   stats = [model.apply(variables, data.normalize(b["image"], CIFAR), train=True,
                        mutable=["batch_stats"])[1]["batch_stats"]
@@ -165,7 +165,7 @@ def test_precise_bn_evals_leave_training_unchanged(tmp_path):
 def test_bad_input_is_reported(tfds_dir, tmp_path):
   config = tiny_config(dataset="imagenette", data_dir=tfds_dir)
   with pytest.raises(ValueError, match="input='resident' is for CIFAR datasets"):
-    data.create_source(config, steps.Trainer().data_sharding)
+    data.create_source(config, DataParallel().data_sharding)
   with pytest.raises(ValueError, match=r"batch_size=128 is larger than the training split "
                      r"\(64 examples\)"):
     source(tiny_config(batch_size=128))

@@ -47,3 +47,34 @@ def test_runs_record_the_cpu_and_whether_it_has_avx512(tmp_path, flags, name):
   cpuinfo.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\n"
                      f"processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n")
   assert checkpoint._cpu_name(str(cpuinfo)) == name
+
+
+def test_evaluation_restores_parameters_without_the_optimizer_state(tmp_path):
+  """A read-only Checkpointer restores the parts its target names (the parameters and
+  BatchNorm statistics), whatever else the checkpoint holds."""
+  state = {**STATE, "opt_state": {"momentum": jnp.ones((2, 3))}, "batch_stats": {"m": jnp.ones(3)}}
+  writer = checkpoint.Checkpointer(str(tmp_path))
+  writer.save(7, state)
+  writer.wait()
+  reader = checkpoint.Checkpointer(str(tmp_path), create=False)
+  target = {"params": {"w": jnp.zeros((2, 3))}, "batch_stats": {"m": jnp.zeros(3)}}
+  restored = reader.restore(7, target, None)
+  assert sorted(restored) == ["batch_stats", "params"]
+  np.testing.assert_array_equal(restored["params"]["w"], STATE["params"]["w"])
+  np.testing.assert_array_equal(restored["batch_stats"]["m"], np.ones(3))
+  with pytest.raises(checkpoint.CheckpointMismatchError, match=r"params\.w has shape \(2, 3\) in "
+                     r"the checkpoint, \(3, 2\) in the model"):
+    reader.restore(7, {"params": {"w": jnp.zeros((3, 2))}}, None)
+  assert reader.saved_step() == 7
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint 5 in .*; it has steps 7$"):
+    reader.saved_step(5)
+
+
+def test_configs_of_older_versions_are_read_in_todays_layout():
+  old = {"model": "regnet20_gru", "model_args": {"pairing": "concat", "cell_impl": "reference",
+                                                 "conv_grad": "swapped"}}
+  assert checkpoint.upgrade_config(old) == {
+      "model": "regnet20_gru", "model_args": {"pairing": "concat"},
+      "implementation": {"cell_impl": "reference", "conv_grad": "swapped"}}
+  new = {"model": "resnet20", "model_args": {}, "implementation": {"cell_impl": "auto"}}
+  assert checkpoint.upgrade_config(new) is new

@@ -20,8 +20,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from configs import cifar, default
 from regnet_jax import data
 from regnet_jax.data import pipeline as input_pipeline
-from regnet_jax.train import checkpoint, evaluate, loop
+from regnet_jax.train import checkpoint, evaluate, factory, loop, optim
 from regnet_jax.train import steps as train_steps
+from regnet_jax.train.mesh import DataParallel
 from tests.conftest import REPO
 
 STEPS = 6
@@ -67,8 +68,10 @@ def test_events_checkpoints_and_eval_in_a_new_process(reference_run):
   workdir, _ = reference_run
   tags = scalars(workdir)
   for tag in ("train_loss", "train_accuracy", "learning_rate", "train_images_per_sec",
-              "eval_top1_error", "eval_top5_error", "eval_loss", "steps_per_sec"):
+              "eval_top1_error", "eval_top5_error", "eval_loss", "compile_seconds"):
     assert tag in tags, tag
+  assert sorted(tags["compile_seconds"]) == [1]  # the first step's, apart from the rate
+  assert 1 not in tags["train_images_per_sec"] and "uptime" not in tags
   assert sorted(tags["train_loss"]) == list(range(1, STEPS + 1))
   assert tags["eval_examples"][STEPS] == 200  # every test example, counted once
   assert tags["learning_rate"][1] == pytest.approx(0.05)
@@ -86,18 +89,18 @@ def test_events_checkpoints_and_eval_in_a_new_process(reference_run):
 def test_one_step_on_one_device_equals_eight():
   """One step of RegNet-20 from the same state and batch: same update on 1 and 8 devices."""
   config = tiny_config(None)
-  schedule = train_steps.learning_rate_schedule(config, 10, 10)
-  model = train_steps.build_model(config, 10)
+  schedule = optim.learning_rate_schedule(config, 10, 10)
+  model = factory.build_model(config, 10)
   state = jax.device_get(train_steps.create_train_state(
-      model, train_steps.create_optimizer(config, schedule), 0, 32))
+      model, optim.create_optimizer(config, schedule), 0, 32))
   rng = np.random.RandomState(0)
   batch = {"image": rng.randint(0, 256, (16, 32, 32, 3)).astype(np.uint8),
            "label": rng.randint(0, 10, 16).astype(np.int32)}
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
-    trainer = train_steps.Trainer(devices)
-    p_train, _ = trainer.compile_steps(config, schedule)
-    new, metrics = p_train(trainer.replicate(state), trainer.shard(batch))
+    dp = DataParallel(devices)
+    p_train = train_steps.compile_train_step(dp, data.get_spec("cifar10"), 0.0, schedule)
+    new, metrics = p_train(dp.replicate(state), dp.shard(batch))
     results.append(jax.device_get((new.params, new.batch_stats, metrics["train_loss"])))
   (p1, s1, l1), (p8, s8, l8) = results
   assert l1 == pytest.approx(l8, rel=1e-6)
@@ -142,7 +145,8 @@ def test_training_on_one_device_equals_eight(reference_run, tfds_dir, tmp_path):
 def test_resumed_equals_uninterrupted(reference_run, tfds_dir, tmp_path):
   workdir, params8 = reference_run
   loop.train_and_evaluate(tiny_config(tfds_dir, num_train_steps=3), str(tmp_path))
-  state = loop.train_and_evaluate(tiny_config(tfds_dir), str(tmp_path))  # resumes at 3
+  state = loop.train_and_evaluate(tiny_config(tfds_dir), str(tmp_path),  # resumes at 3
+                                  allow_config_change=True)  # (the length: 3 -> 6 steps)
   assert int(state.step) == STEPS
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params8)
   resumed, full = scalars(str(tmp_path))["train_loss"], scalars(workdir)["train_loss"]
@@ -150,6 +154,24 @@ def test_resumed_equals_uninterrupted(reference_run, tfds_dir, tmp_path):
   runs = checkpoint.read_runs(str(tmp_path))  # each start of the process is recorded
   assert len(runs) == 2 and runs[0]["started"] <= runs[1]["started"]
   assert runs[0]["devices"] == f"{jax.device_count()} x cpu" and runs[0]["jax"] == jax.__version__
+  assert runs[1]["config_changes"] == {"num_train_steps": [3, STEPS]}
+
+
+def test_a_resume_with_another_recipe_is_refused_or_recorded(reference_run, tfds_dir, tmp_path):
+  """Another learning rate on a trained workdir: refused in one line naming the field (nothing
+  written); allowed on purpose, the change is recorded in runs.jsonl and config.json."""
+  copy = tmp_path / "run"
+  shutil.copytree(reference_run[0], copy)
+  before = (copy / "config.json").read_text(), (copy / "runs.jsonl").read_text()
+  config = tiny_config(tfds_dir, learning_rate=0.5, log_every_steps=2)
+  with pytest.raises(ValueError, match=r"holds a run with another recipe \(learning_rate: 0\.05 "
+                     r"-> 0\.5\); resume it with its own config"):
+    loop.train_and_evaluate(config, str(copy))
+  assert ((copy / "config.json").read_text(), (copy / "runs.jsonl").read_text()) == before
+  state = loop.train_and_evaluate(config, str(copy), allow_config_change=True)
+  assert int(state.step) == STEPS  # (already finished: nothing more to train)
+  assert checkpoint.read_runs(str(copy))[-1]["config_changes"] == {"learning_rate": [0.05, 0.5]}
+  assert checkpoint.read_config(str(copy)).learning_rate == 0.5
 
 
 def test_load_from_workdir_for_inference(reference_run):
@@ -164,11 +186,11 @@ def test_load_from_workdir_for_inference(reference_run):
 
 
 def test_weight_decay_mask_skips_norms_and_biases():
-  model = train_steps.build_model(tiny_config(None), 10)
+  model = factory.build_model(tiny_config(None), 10)
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)),
                                              train=False))["params"]
   mask = {jax.tree_util.keystr(k): v for k, v in
-          jax.tree_util.tree_leaves_with_path(train_steps.weight_decay_mask(params))}
+          jax.tree_util.tree_leaves_with_path(optim.weight_decay_mask(params))}
   assert mask["['stage2']['blocks']['conv1']['kernel']"]  # scanned, stacked kernel
   assert mask["['stage2']['cell']['zr']['pointwise']"]
   assert not mask["['stage2']['cell']['zr']['bias']"]
@@ -180,11 +202,11 @@ def test_weight_decay_mask_skips_norms_and_biases():
 
 def test_learning_rate_schedules():
   config = tiny_config(None, learning_rate=0.1, lr_boundaries=(2.0, 3.0))
-  step = train_steps.learning_rate_schedule(config, steps_per_epoch=10, num_steps=50)
+  step = optim.learning_rate_schedule(config, steps_per_epoch=10, num_steps=50)
   assert [float(step(s)) for s in (0, 19, 20, 29, 30)] == pytest.approx(
       [0.1, 0.1, 0.01, 0.01, 0.001])
   config.update(dict(lr_schedule="cosine", warmup_epochs=1.0))
-  cos = train_steps.learning_rate_schedule(config, steps_per_epoch=10, num_steps=50)
+  cos = optim.learning_rate_schedule(config, steps_per_epoch=10, num_steps=50)
   assert [float(cos(s)) for s in (0, 5, 10, 30, 50)] == pytest.approx(
       [0.0, 0.05, 0.1, 0.05, 0.0], abs=1e-6)
 
@@ -199,7 +221,8 @@ def test_label_smoothing_loss():
 
 
 @pytest.mark.parametrize("overrides,match", [
-    ({"batch_size": 12}, "batch_size=12 must be a positive multiple of the device count \\(8\\)"),
+    ({"batch_size": 12}, "batch_size=12 must be a positive multiple of the number of "
+     "devices \\(8\\); e.g. --config.batch_size=8"),
     ({"model": "resnet21"}, "unknown model 'resnet21'"),
     ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
     ({"model_args": {"regulated_stages": (4,)}},
@@ -224,10 +247,14 @@ def test_mismatched_checkpoint_is_named_and_kept(reference_run, tfds_dir):
   workdir, _ = reference_run
   config_json = pathlib.Path(workdir, "config.json")
   before = config_json.read_text()
-  with pytest.raises(checkpoint.CheckpointMismatchError,
+  other = tiny_config(tfds_dir, model="regnet20_lstm")
+  with pytest.raises(ValueError, match=r"another recipe \(model: 'regnet20_gru' -> "
+                     r"'regnet20_lstm'\)"):
+    loop.train_and_evaluate(other, workdir)
+  with pytest.raises(checkpoint.CheckpointMismatchError,  # if allowed, the checkpoint refuses
                      match=r"\(params\.stage1\.cell\.h\.bias is in the checkpoint but not in "
                      r"the model\)"):
-    loop.train_and_evaluate(tiny_config(tfds_dir, model="regnet20_lstm"), workdir)
+    loop.train_and_evaluate(other, workdir, allow_config_change=True)
   assert config_json.read_text() == before
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
 
@@ -338,16 +365,16 @@ def test_cli_reports_bad_input_in_one_line(tfds_dir, tmp_path):
 
 def test_half_precision_step_keeps_float32_state():
   config = tiny_config(None, half_precision=True)
-  schedule = train_steps.learning_rate_schedule(config, 10, 10)
-  model = train_steps.build_model(config, 10)
+  schedule = optim.learning_rate_schedule(config, 10, 10)
+  model = factory.build_model(config, 10)
   assert model.dtype == jax.numpy.bfloat16
-  trainer = train_steps.Trainer(jax.devices()[:2])
-  state = trainer.replicate(train_steps.create_train_state(
-      model, train_steps.create_optimizer(config, schedule), 0, 32))
+  dp = DataParallel(jax.devices()[:2])
+  state = dp.replicate(train_steps.create_train_state(
+      model, optim.create_optimizer(config, schedule), 0, 32))
   rng = np.random.RandomState(0)
-  batch = trainer.shard({"image": rng.randn(4, 32, 32, 3).astype(np.float32),
-                         "label": rng.randint(0, 10, 4).astype(np.int32)})
-  p_train, _ = trainer.compile_steps(config, schedule)
+  batch = dp.shard({"image": rng.randn(4, 32, 32, 3).astype(np.float32),
+                    "label": rng.randint(0, 10, 4).astype(np.int32)})
+  p_train = train_steps.compile_train_step(dp, data.get_spec("cifar10"), 0.0, schedule)
   state, metrics = p_train(state, batch)
   assert np.isfinite(float(metrics["train_loss"]))
   dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))}
@@ -363,10 +390,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tfds_dir, tmp_
   kept = ckpt.manager.all_steps()
   assert kept and max(kept) < STEPS
   assert not [d for d in os.listdir(tmp_path / "checkpoints") if "tmp" in d]  # all complete
-  model = train_steps.build_model(config, 10)
-  state = train_steps.create_train_state(model, train_steps.create_optimizer(
-      config, train_steps.learning_rate_schedule(config, 10, 10)), 0, 32)
-  restored = ckpt.restore(max(kept), state, train_steps.Trainer(jax.devices()[:1]).replicated)
+  model = factory.build_model(config, 10)
+  state = train_steps.create_train_state(model, optim.create_optimizer(
+      config, optim.learning_rate_schedule(config, 10, 10)), 0, 32)
+  restored = ckpt.restore(max(kept), state, DataParallel(jax.devices()[:1]).replicated)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.params))
 
 
@@ -399,7 +426,7 @@ def test_a_signal_stops_within_two_steps_with_a_checkpoint(tfds_dir, tmp_path, s
   config = cifar.get_config("resnet20")  # the command's config, one step further
   config.update(dict(data_dir=tfds_dir, batch_size=16, shuffle_buffer=512,
                      num_train_steps=saved[0] + 1, eval_every_steps=10**6))
-  resumed = loop.train_and_evaluate(config, str(workdir))
+  resumed = loop.train_and_evaluate(config, str(workdir), allow_config_change=True)
   assert int(resumed.step) == saved[0] + 1
 
 
@@ -410,7 +437,7 @@ def test_a_signal_during_evaluation_stops_within_a_batch_with_a_checkpoint(tfds_
   import signal
 
   config = tiny_config(tfds_dir, eval_every_steps=2, checkpoint_every_steps=100)
-  real = data.create_source(config, train_steps.Trainer().data_sharding)
+  real = data.create_source(config, DataParallel().data_sharding)
   served = []
 
   def eval_batches():
@@ -432,15 +459,15 @@ def test_a_signal_during_evaluation_stops_within_a_batch_with_a_checkpoint(tfds_
 
 def test_precise_bn_is_the_mean_of_batch_statistics():
   config = tiny_config(None)
-  model = train_steps.build_model(config, 10)
-  trainer = train_steps.Trainer(jax.devices()[:2])
-  schedule = train_steps.learning_rate_schedule(config, 10, 10)
-  state = trainer.replicate(train_steps.create_train_state(
-      model, train_steps.create_optimizer(config, schedule), 0, 32))
+  model = factory.build_model(config, 10)
+  dp = DataParallel(jax.devices()[:2])
+  schedule = optim.learning_rate_schedule(config, 10, 10)
+  state = dp.replicate(train_steps.create_train_state(
+      model, optim.create_optimizer(config, schedule), 0, 32))
   rng = np.random.RandomState(0)
   batches = [{"image": rng.randn(4, 32, 32, 3).astype(np.float32) + i} for i in range(2)]
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  recompute = train_steps.precise_bn(trainer, model, data.get_spec("cifar10"))
+  recompute = evaluate.precise_bn(dp, model, data.get_spec("cifar10"))
   stats = jax.device_get(recompute(variables, iter(batches), 5))  # only 2 batches come
   kernel = np.asarray(state.params["stem_conv"]["kernel"], np.float64)
   moments = []
@@ -498,16 +525,16 @@ def test_images_per_sec_leaves_evaluation_out(tfds_dir, tmp_path, monkeypatch):
   an evaluation against the time after it would log 64 at step 4."""
   clock = types.SimpleNamespace(now=0.0)
   monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
-  compile_steps = train_steps.Trainer.compile_steps
+  compile_train_step = train_steps.compile_train_step
 
-  def timed_compile_steps(self, *args, **kwargs):
-    p_train, p_eval = compile_steps(self, *args, **kwargs)
+  def timed_compile_train_step(*args, **kwargs):
+    p_train = compile_train_step(*args, **kwargs)
 
     def p_train_1s(state, batch):
       clock.now += 1.0
       return p_train(state, batch)
 
-    return p_train_1s, p_eval
+    return p_train_1s
 
   evaluate_real = evaluate.evaluate
 
@@ -515,11 +542,13 @@ def test_images_per_sec_leaves_evaluation_out(tfds_dir, tmp_path, monkeypatch):
     clock.now += 100.0
     return evaluate_real(*args, **kwargs)
 
-  monkeypatch.setattr(train_steps.Trainer, "compile_steps", timed_compile_steps)
+  monkeypatch.setattr(train_steps, "compile_train_step", timed_compile_train_step)
   monkeypatch.setattr(evaluate, "evaluate", evaluate_100s)
   run = str(tmp_path / "run")
   loop.train_and_evaluate(tiny_config(tfds_dir, log_every_steps=4, eval_every_steps=3), run)
-  assert scalars(run)["train_images_per_sec"] == {1: 16.0, 4: 16.0, 6: 16.0}
+  logged = scalars(run)
+  assert logged["train_images_per_sec"] == {4: 16.0, 6: 16.0}
+  assert logged["compile_seconds"] == {1: 1.0}  # the first step, apart
 
 
 def test_a_diverging_loss_warns_naming_the_step_and_the_learning_rate(caplog):
@@ -539,12 +568,12 @@ def test_imagenet_configs_compute_in_bfloat16_on_accelerators_only(monkeypatch):
 
   config = imagenet_regnet50.get_config()
   assert config.half_precision is None and cifar.get_config().half_precision is False
-  assert train_steps.compute_dtype(None) == np.float32  # this CPU
-  assert train_steps.compute_dtype(True) == jax.numpy.bfloat16
+  assert factory.compute_dtype(None) == np.float32  # this CPU
+  assert factory.compute_dtype(True) == jax.numpy.bfloat16
   for backend, dtype in (("gpu", jax.numpy.bfloat16), ("tpu", jax.numpy.bfloat16),
                          ("cpu", np.float32)):
-    monkeypatch.setattr(train_steps.jax, "default_backend", lambda b=backend: b)
-    assert train_steps.compute_dtype(None) == dtype
+    monkeypatch.setattr(factory.jax, "default_backend", lambda b=backend: b)
+    assert factory.compute_dtype(None) == dtype
 
 
 def test_eval_on_a_device_count_that_does_not_divide_the_batch(reference_run, tmp_path):

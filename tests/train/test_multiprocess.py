@@ -42,7 +42,8 @@ import jax
 assert jax.process_count() == 2 and len(jax.devices()) == 8 and len(jax.local_devices()) == 4
 from tests.train.test_multiprocess import config
 from regnet_jax.train import loop
-loop.train_and_evaluate(config(sys.argv[3], num_train_steps=int(sys.argv[5])), sys.argv[4])
+loop.train_and_evaluate(config(sys.argv[3], num_train_steps=int(sys.argv[5])), sys.argv[4],
+                        allow_config_change=True)  # the second job trains longer
 distributed.finished()
 """
 
