@@ -30,18 +30,46 @@ def get_config() -> ml_collections.ConfigDict:
   #                                           reference, swapped, kernel (C++; AVX-512 only).
 
   # Data.
-  config.dataset = "cifar10"  # cifar10, cifar100, imagenet2012 or imagenette.
-  config.input = "tfds"  # 'tfds' (host pipeline) or 'resident' (CIFAR held on the devices).
+  # cifar10, cifar100, imagenet2012, imagenette; tfds:NAME, any tfds image classification
+  # dataset (e.g. tfds:oxford_flowers102); folder:DIR, images in class subfolders of DIR
+  # (or of DIR/train, with DIR/val or DIR/test held out): see regnet_jax/data/folder.py.
+  config.dataset = "cifar10"
+  config.input = "tfds"  # 'tfds' (host pipeline: tfds or folder) or 'resident' (small images
+  #                        held on the devices).
   config.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir; None: tfds's.
-  config.shuffle_buffer = 50_000  # Examples in the shuffle buffer (a whole CIFAR epoch).
+  # Splits (tfds split syntax, e.g. 'train[:90%]'); None: the dataset's train split, and its
+  # validation split, else its test split. A folder's eval_split picks its held-out folder
+  # (val, validation, test); a folder has no train_split.
+  config.train_split = ml_collections.config_dict.placeholder(str)
+  config.eval_split = ml_collections.config_dict.placeholder(str)
+  # folder:DIR without a held-out folder: this share of each class's images is held out for
+  # evaluation (None: 0.1), chosen by holdout_seed (None: 0; not seed, so that every run
+  # evaluates on the same images).
+  config.holdout_fraction = ml_collections.config_dict.placeholder(float)
+  config.holdout_seed = ml_collections.config_dict.placeholder(int)
+  # Inputs; None: what suits the data (small images, at most 64 pixels a side, CIFAR-style at
+  # their size; photos with the ImageNet crops at 224).
+  config.image_size = ml_collections.config_dict.placeholder(int)  # Model input side, pixels.
+  config.augment = ml_collections.config_dict.placeholder(str)  # 'cifar' (pad S/8, random
+  #   crop, flip; eval: whole image) or 'imagenet' (Inception crop, flip; eval: centre crop).
+  # Per-channel (R, G, B) mean and standard deviation on the 0-255 scale that inputs are
+  # normalised with; None: the dataset's (ImageNet's for tfds:NAME and folder:DIR).
+  # `python -m regnet_jax.data.stats --config=...` computes them for a dataset.
+  config.data_mean = ml_collections.config_dict.placeholder(tuple)
+  config.data_std = ml_collections.config_dict.placeholder(tuple)
+  config.shuffle_buffer = 50_000  # Examples in the shuffle buffer (a whole CIFAR epoch); a
+  #                                 folder's order is a whole permutation without it.
   config.prefetch_batches = 2  # Batches placed on the devices ahead of the train step.
-  config.skip_bad_images = False  # Skip (with a warning) training images that fail to decode.
+  # Images that cannot be decoded: False stops the run naming the image; True leaves them out,
+  # counted in a warning (training and evaluation).
+  config.skip_bad_images = False
   # With several processes: 'process' (each reads only its share of the training records) or
   # 'global' (each reads them all; the batches then do not depend on the process count).
   config.input_sharding = "process"
-  # ImageNet crops' bilinear resize (training and eval): False samples a shrinking crop at the
-  # output pixels only (as big_vision does); True antialiases like torchvision/PIL, at about
-  # 1.7x the host's preprocessing time per image (benchmarks/preprocess.py).
+  # Bilinear resizes (ImageNet crops, training and eval; small images of another size): False
+  # samples a shrinking image at the output pixels only (as big_vision does); True antialiases
+  # like torchvision/PIL, at about 1.7x the host's preprocessing time per photo
+  # (benchmarks/preprocess.py).
   config.resize_antialias = False
 
   # Optimisation: SGD with momentum, weight decay on kernels only (not BN or biases).

@@ -72,7 +72,7 @@ def probe_workdir(workdir: str, last: int = 3, step: int | None = None,
   source = evaluate.eval_source(config, dp, batch_size)
   variables = (evaluate.with_precise_bn(run, dp, source, precise_bn) if precise_bn > 0
                else run.variables)
-  spec = data.get_spec(config.dataset)
+  spec = data.get_spec(config)
   total_blocks, in_last_stage = sum(model.stage_sizes), model.stage_sizes[-1]
   if not 1 <= last <= in_last_stage:  # the FC only fits the last stage's width
     raise ValueError(f"--blocks={last} must be between 1 and the {in_last_stage} blocks of "

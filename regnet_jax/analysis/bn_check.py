@@ -66,7 +66,7 @@ def check_workdir(workdir: str, step: int | None = None, batches: int = 20,
   source = evaluate.eval_source(run.config, dp)
   running = run.variables["batch_stats"]
   precise = evaluate.with_precise_bn(run, dp, source, batches)["batch_stats"]
-  p_eval = evaluate.compile_eval_step(dp, run.model, data.get_spec(run.config.dataset))
+  p_eval = evaluate.compile_eval_step(dp, run.model, data.get_spec(run.config))
   errors = {}
   for name, stats in [
       ("running", running), ("precise", precise),

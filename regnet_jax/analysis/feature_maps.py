@@ -77,7 +77,7 @@ def save_feature_maps(workdir: str, out_dir: str, stage: int = 1, num_images: in
   model, variables, config = run.model, run.variables, run.config
   if not 1 <= stage <= len(model.stage_sizes):
     raise ValueError(f"--stage={stage} must be between 1 and {len(model.stage_sizes)}")
-  spec = data.get_spec(config.dataset)
+  spec = data.get_spec(config)
   batch = next(evaluate.eval_source(config, dp, max(num_images, 1)).eval_batches())
   pixels = np.clip(np.asarray(batch["image"])[:num_images], 0, 255).astype(np.uint8)
   maps = stage_maps(model, variables, data.normalize(pixels, spec), stage)

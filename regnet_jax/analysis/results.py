@@ -141,7 +141,7 @@ def summarize(workdir: str) -> dict[str, Any]:
   evaluations = scalars.get("eval_top1_error") or scalars.get("precise_bn_eval_top1_error")
   if not evaluations:
     raise ValueError(f"{workdir} has no evaluation in its event files yet")
-  spec = data.get_spec(config.dataset)
+  spec = data.get_spec(config)
   model = factory.build_model(config, spec.num_classes, reference=True)
   speeds = [v for _, v, _ in scalars.get("train_images_per_sec", [])[1:]]  # [0]: compiling
   step, error, _ = evaluations[-1]  # precise BN where the workdir has only that
@@ -344,8 +344,8 @@ def plot_error_vs_params(rows: list[dict[str, Any]], path: str, title: str) -> N
 
 
 def _steps_per_epoch(config: Any) -> float:
-  builder = pipeline.get_builder(config.dataset, config.data_dir, download=False)
-  return pipeline.steps_per_epoch(builder, data.get_spec(config.dataset), config.batch_size)
+  dataset = pipeline.open_data(config, download=False)
+  return pipeline.steps_per_epoch(dataset, data.get_spec(config), config.batch_size)
 
 
 def _history(row: dict[str, Any], tag: str) -> np.ndarray:

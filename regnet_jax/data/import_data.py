@@ -1,16 +1,22 @@
 """Imports a local copy of a dataset into a tfds data_dir, for machines that cannot download.
 
     python -m regnet_jax.import_data --dataset=cifar10 --source=DIR [--data_dir=DIR]
+    python -m regnet_jax.import_data --dataset=cifar100 --source=DIR [--data_dir=DIR]
     python -m regnet_jax.import_data --dataset=imagenette --source=DIR [--data_dir=DIR]
 
 ``--source`` holds the ``.npz`` files of the offline copies (``train-jpeg.npz`` and
-``test-jpeg.npz`` for CIFAR-10; ``train-jpeg.npz`` and ``val-jpeg.npz`` for Imagenette), each
-with the arrays ``jpeg`` (all files' bytes), ``offsets`` (N+1) and ``labels`` (N). The import
-runs tfds's own registered builder (``cifar10`` 3.0.2, ``imagenette/full-size-v2`` 1.0.0)
-with only its source of examples replaced, so the prepared files, features and metadata are
-exactly what ``download_and_prepare`` would write, and ``tfds.builder(name,
-data_dir=...).as_dataset(...)`` then reads them as usual. ImageNet (``imagenet2012``) has no
-importer: tfds prepares it from the official tar files placed in its ``manual_dir``.
+``test-jpeg.npz`` for CIFAR-10 and CIFAR-100; ``train-jpeg.npz`` and ``val-jpeg.npz`` for
+Imagenette), each with the arrays ``jpeg`` (all encoded images' bytes, concatenated: JPEG,
+PNG or any format Pillow reads), ``offsets`` (N+1: image i is ``jpeg[offsets[i]:offsets[i +
+1]]``) and ``labels`` (N). CIFAR-100's ``labels`` are its fine labels (0-99); tfds's
+``cifar100`` also stores each image's coarse label (its superclass, 0-19), which the import
+derives from the fine label (each class belongs to one superclass), so the .npz files need no
+more than CIFAR-10's. The import runs tfds's own registered builder (``cifar10`` and
+``cifar100`` 3.0.2, ``imagenette/full-size-v2`` 1.0.0) with only its source of examples
+replaced, so the prepared files, features and metadata are exactly what
+``download_and_prepare`` would write, and ``tfds.builder(name, data_dir=...).as_dataset(...)``
+then reads them as usual. ImageNet (``imagenet2012``) has no importer: tfds prepares it from
+the official tar files placed in its ``manual_dir``.
 
 Note: the offline CIFAR-10 copy is JPEG-compressed (quality ~75), not the original pixels;
 accuracy on it is a couple of points lower than on the official release.
@@ -27,15 +33,16 @@ import numpy as np
 from PIL import Image
 
 from regnet_jax import console
+from regnet_jax.data import datasets
 
+CIFAR_FILES = {"train": "train-jpeg.npz", "test": "test-jpeg.npz"}
 # name -> (tfds builder name, {tfds split: source file})
 SOURCES = {
-    "cifar10": ("cifar10", {"train": "train-jpeg.npz", "test": "test-jpeg.npz"}),
+    "cifar10": ("cifar10", CIFAR_FILES),
+    "cifar100": ("cifar100", CIFAR_FILES),
     "imagenette": ("imagenette/full-size-v2",
                    {"train": "train-jpeg.npz", "validation": "val-jpeg.npz"}),
 }
-CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                  "ship", "truck"]
 
 
 def read_npz(path: str) -> tuple[list[bytes], np.ndarray]:
@@ -48,14 +55,22 @@ def read_npz(path: str) -> tuple[list[bytes], np.ndarray]:
 
 def _examples(dataset: str, path: str) -> Iterator[tuple[str, dict]]:
   images, labels = read_npz(path)
+  num_classes = datasets.DATASETS[dataset].num_classes
+  if len(labels) and not 0 <= labels.min() <= labels.max() < num_classes:
+    raise ValueError(f"{path}: labels must be 0-{num_classes - 1} for {dataset}; they are "
+                     f"{labels.min()}-{labels.max()}")
   prefix = os.path.basename(path).split("-")[0]
   for i, (raw, label) in enumerate(zip(images, labels, strict=True)):
     key = f"{prefix}_{i:05d}"
-    if dataset == "cifar10":  # tfds stores CIFAR pixels as PNG: decode the JPEG once.
-      pixels = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
-      yield key, {"id": key, "image": pixels, "label": int(label)}
-    else:  # Imagenette keeps the original JPEG bytes.
+    if dataset == "imagenette":  # Imagenette keeps the original JPEG bytes.
       yield key, {"image": io.BytesIO(raw), "label": int(label)}
+      continue
+    # tfds stores CIFAR pixels as PNG: decode the JPEG once.
+    pixels = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+    example = {"id": key, "image": pixels, "label": int(label)}
+    if dataset == "cifar100":
+      example["coarse_label"] = datasets.CIFAR100_SUPERCLASS_OF[label]
+    yield key, example
 
 
 def import_dataset(dataset: str, source: str, data_dir: str | None = None) -> str:
@@ -79,8 +94,10 @@ def import_dataset(dataset: str, source: str, data_dir: str | None = None) -> st
 
     def _split_generators(self, dl_manager):
       del dl_manager
-      if dataset == "cifar10":
-        self.info.features["label"].names = CIFAR10_LABELS
+      if dataset == "cifar100":
+        self.info.features["coarse_label"].names = list(datasets.CIFAR100_SUPERCLASSES)
+      if dataset != "imagenette":  # Imagenette's builder names its classes already
+        self.info.features["label"].names = list(datasets.DATASETS[dataset].class_names)
       return {split: self._generate_examples(path) for split, path in paths.items()}
 
     def _generate_examples(self, path):

@@ -1,10 +1,11 @@
-"""The device-resident CIFAR source (``config.input = 'resident'``).
+"""The device-resident source of small images (``config.input = 'resident'``): CIFAR, or a
+tfds dataset of small square RGB images.
 
 On a GPU a CIFAR step takes a few milliseconds, less than the tfds pipeline needs to decode
 and augment its batch on the host. Here the whole dataset lives on the devices as uint8 pixels
 and every batch is gathered and augmented there, in one jitted call: the augmentation of the
-tfds pipeline (4-pixel zero padding, random 32x32 crop, random horizontal flip). The training
-loop is the same as for the tfds source.
+tfds pipeline (zero padding of S/8 pixels, 4 for CIFAR, random S x S crop, random horizontal
+flip). The training loop is the same as for the tfds source.
 
 Epoch ``e``'s order and augmentation are a pure function of ``(seed, e)``, so a resumed run
 matches an uninterrupted one. Random streams differ from the tfds pipeline's: the two sources
@@ -26,30 +27,34 @@ from regnet_jax.data.datasets import DatasetSpec
 Arrays = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def load_arrays(builder, spec: DatasetSpec) -> Arrays:
-  """``{'train': (images, labels), 'test': ...}`` of a prepared tfds CIFAR builder: images
-  ``[N, 32, 32, 3] uint8``, labels ``[N] int32``. ValueError for a dataset that is not CIFAR."""
+def load_arrays(data, spec: DatasetSpec) -> Arrays:
+  """``{'train': (images, labels), 'test': ...}`` of a prepared tfds builder of small images
+  (``spec.kind == 'cifar'``): images ``[N, S, S, 3] uint8``, labels ``[N] int32``. ValueError
+  for other datasets (folders, photos, images of another size or not RGB)."""
   import tensorflow_datasets as tfds
 
-  if spec.kind != "cifar":
-    raise ValueError(f"config.input='resident' is for CIFAR datasets (32x32 images held in "
-                     f"device memory); {spec.tfds_name!r} is not one: use input='tfds'")
-
+  size = spec.image_size
+  image = None if spec.tfds_name is None else data.info.features["image"]
+  if spec.kind != "cifar" or image is None or tuple(image.shape) != (size, size, 3):
+    raise ValueError(f"config.input='resident' is for CIFAR datasets and tfds datasets of "
+                     f"{size}x{size} RGB images (held in device memory); {spec.name!r} is not "
+                     "one: use input='tfds'")
   arrays = {}
   for key, split in (("train", spec.train_split), ("test", spec.eval_split)):
-    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-    arrays[key] = (data["image"], data["label"].astype(np.int32))
+    batch = tfds.as_numpy(data.as_dataset(split=split, batch_size=-1))
+    arrays[key] = (batch["image"], batch["label"].astype(np.int32))
   return arrays
 
 
 def augment(images: jax.Array, key: jax.Array) -> jax.Array:
-  """4-pixel zero padding, a random 32x32 crop and a random horizontal flip per image.
-  ``[B, 32, 32, 3] -> [B, 32, 32, 3]``, same dtype."""
+  """Zero padding of S/8 pixels (4 for CIFAR), a random S x S crop and a random horizontal
+  flip per image. ``[B, S, S, 3] -> [B, S, S, 3]``, same dtype."""
   b, h, w, c = images.shape
+  pad = h // 8
   crop_key, flip_key = jax.random.split(key)
-  offsets = jax.random.randint(crop_key, (b, 2), 0, 9)
+  offsets = jax.random.randint(crop_key, (b, 2), 0, 2 * pad + 1)
   flips = jax.random.bernoulli(flip_key, 0.5, (b,))
-  padded = jnp.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
   def one(image, offset, flip):
     crop = jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
@@ -67,7 +72,7 @@ def epoch_order(seed: int, epoch: int, num_examples: int, steps: int, batch: int
 
 
 class ResidentSource:
-  """CIFAR held on the devices; batches as ``{'image': [B, 32, 32, 3] uint8, 'label': [B]
+  """Small images held on the devices; batches as ``{'image': [B, S, S, 3] uint8, 'label': [B]
   int32}`` (and ``'mask': [B]`` for evaluation), global arrays sharded with
   ``data_sharding``."""
 

@@ -2,7 +2,7 @@
 result, shared by the training loop, ``--mode=eval``, the analyses and the Python API.
 
     model, variables, config = load_from_workdir(workdir)     # newest checkpoint
-    logits = model.apply(variables, normalize(images, config.dataset), train=False)
+    logits = model.apply(variables, normalize(images, config), train=False)
 
 Evaluation needs the model's variables only (``params`` and ``batch_stats``): a checkpoint is
 restored without its optimizer state, and the eval step takes no train state.
@@ -151,7 +151,7 @@ def restore(workdir: str, step: int | None = None, dp: DataParallel | None = Non
   """
   dp = dp or DataParallel()
   config = checkpoint.read_config(workdir)
-  spec = data.get_spec(config.dataset)
+  spec = data.get_spec(config)
   model = factory.build_model(config, spec.num_classes)
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
                           jnp.zeros((1, spec.image_size, spec.image_size, 3)))
@@ -167,7 +167,7 @@ def with_precise_bn(run: Restored, dp: DataParallel, source: Any, num_batches: i
                     ) -> Variables:
   """``run``'s variables with BatchNorm statistics recomputed (:func:`precise_bn`) over the
   run's own first ``num_batches`` training batches from ``source``."""
-  recompute = precise_bn(dp, run.model, data.get_spec(run.config.dataset))
+  recompute = precise_bn(dp, run.model, data.get_spec(run.config))
   stats = recompute(run.variables, source.train_batches(0), num_batches)
   return {**run.variables, "batch_stats": stats}
 
@@ -204,7 +204,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, precise_bn_batches: 
   dp = DataParallel(devices)
   print(f"Restoring {workdir} ({'the newest checkpoint' if step is None else f'step {step}'})")
   run = restore(workdir, step, dp)
-  spec = data.get_spec(run.config.dataset)
+  spec = data.get_spec(run.config)
   source = eval_source(run.config, dp)
   variables = run.variables
   if precise_bn_batches > 0:

@@ -63,7 +63,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   changes = resume.check_resume(workdir, config, allow_config_change)
   dp = DataParallel(devices)
   dp.check_batch_size(config.batch_size)
-  spec = data.get_spec(config.dataset)
+  spec = data.get_spec(config)
   model = factory.build_model(config, spec.num_classes)  # the run's one model
   logging.info("Opening %s (input=%s)...", config.dataset, config.input)
   source = source or data.create_source(config, dp.data_sharding)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError with one clear line for a config that cannot run."""
   models.get_spec(config.model)
-  data.get_spec(config.dataset)
+  data.check_config(config)
   check_choice("input", config.input, data.INPUTS)
   check_choice("input_sharding", config.input_sharding, data.SHARDINGS)
   check_choice("lr_schedule", config.lr_schedule, LR_SCHEDULES)

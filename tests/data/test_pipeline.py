@@ -357,7 +357,7 @@ def test_undecodable_image_is_named_or_skipped(corrupt_tfds_dir):
   builder = ip.get_builder("imagenette", corrupt_tfds_dir)
   # Independently: the one record of the split whose image does not decode.
   bad = []
-  for ex in ip._read(builder, "train", spec, None, raw=True):
+  for ex in ip.read_split(builder, "train", spec, None, raw=True):
     try:
       tf.io.decode_image(ex["image"], channels=3, expand_animations=False)
     except tf.errors.OpError:
