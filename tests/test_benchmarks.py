@@ -9,14 +9,15 @@ from benchmarks import throughput
 
 
 def test_model_benchmark_fields():
-  from regnet_jax import models, summary
+  from regnet_jax import models
+  from regnet_jax.models import counts
 
   row = throughput.benchmark_model("regnet20_gru", {"depth": 8}, batch_size=8,
                                    dtype="float32", num_devices=2, steps=1, warmup=1,
                                    peak_tflops=2.0)
   assert row["variant"] == "depth=8" and row["devices"] == 2
   assert row["train_img_s"] > 0 and row["eval_img_s"] > 0 and row["compile_s"] > 0
-  macs = summary.count_macs(models.create_model("regnet20_gru", 10, depth=8), 32)
+  macs = counts.count_macs(models.create_model("regnet20_gru", 10, depth=8), 32)
   assert row["train_tflop_s"] == pytest.approx(6 * macs * row["train_img_s"] / 1e12)
   assert row["mfu_pct"] == pytest.approx(50 * row["train_tflop_s"])
   assert row["page_faults_per_step"] >= 0 and row["sys_ms_per_step"] >= 0

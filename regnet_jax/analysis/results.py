@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from regnet_jax import console, data, summary
+from regnet_jax import console, data
 from regnet_jax.data import pipeline
+from regnet_jax.models import counts
 from regnet_jax.models.cells import PAIRINGS
 from regnet_jax.train import checkpoint, evaluate, steps
 
@@ -160,8 +161,8 @@ def summarize(workdir: str) -> dict[str, Any]:
       "precise_bn_only": not scalars.get("eval_top1_error"),
       "test_error_precise_bn": 100 * precise[-1] if precise else None,
       "paper_error": paper_error(config.dataset, name),
-      "params": summary.count_params(model, spec.image_size),
-      "macs": summary.count_macs(model, spec.image_size),
+      "params": counts.count_params(model, spec.image_size),
+      "macs": counts.count_macs(model, spec.image_size),
       "train_img_s": statistics.median(speeds) if speeds else None,
       "hours": training_hours(workdir),
       "runs": checkpoint.read_runs(workdir),  # each start: when, command, code, machine

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regnet_jax import models, summary
+from regnet_jax import models
 from regnet_jax.analysis import block_probe, bn_check, feature_maps, results
+from regnet_jax.models import counts
 from regnet_jax.train import checkpoint, evaluate, loop
 from regnet_jax.train import steps as train_steps
 from tests.train.test_loop import STEPS, scalars, tiny_config
@@ -87,9 +88,9 @@ def test_results_table_and_figures(run, tmp_path, capsys):
   model = train_steps.build_model(checkpoint.read_config(run), 10)
   assert row["label"] == "regnet20_gru interleave" and row["paper_error"] == 7.42
   assert row["pairing"] == "interleave"
-  assert row["params"] == summary.count_params(model, 32)
+  assert row["params"] == counts.count_params(model, 32)
   # The conventional MACs, whichever implementation trained it (the CPU kernels here).
-  assert row["macs"] == summary.count_macs(models.create_model("regnet20_gru", 10, depth=14), 32)
+  assert row["macs"] == counts.count_macs(models.create_model("regnet20_gru", 10, depth=14), 32)
   assert row["test_error"] == pytest.approx(100 * reference["eval_top1_error"][STEPS])
   assert row["test_error_precise_bn"] == pytest.approx(
       100 * reference["precise_bn_eval_top1_error"][STEPS])
