@@ -26,6 +26,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from regnet_jax import data
+from regnet_jax.models import counts
 from regnet_jax.train import checkpoint, evaluate, steps
 
 # A loss this many times its first logged value (or more) means training diverged.
@@ -91,7 +92,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   state = trainer.replicate(ckpt.restore_latest(state, trainer.replicated) or state)
   checkpoint.write_config(workdir, config)
-  checkpoint.record_start(workdir, trainer.devices)
+  reference = steps.build_model(config, spec.num_classes, reference=True)  # what counts read
+  checkpoint.record_start(workdir, trainer.devices, {
+      "steps_per_epoch": steps_per_epoch, "num_train_steps": num_steps,
+      "params": counts.count_params(reference, spec.image_size),
+      "macs": counts.count_macs(reference, spec.image_size)})
   start = int(state.step)
   if start:
     logging.info("Resuming from the checkpoint of step %d in %s", start, workdir)
