@@ -57,6 +57,20 @@ def test_preprocess_benchmark_table(capsys):
   assert float(scales[0][2].rstrip(" |")) < 0.01  # not shrunk: the same to rounding
 
 
+def test_cli_startup_table(capsys):
+  from benchmarks import cli_startup
+
+  cli_startup.main(["--modules", "regnet_jax.analysis.summary", "--repeats", "1"])
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[1:3] == ["| command | median s | max s | heavy imports |", "|---|---|---|---|"]
+  rows = [line.split(" | ") for line in lines[3:]]
+  assert [r[0] for r in rows] == ["| python -c pass", "| regnet_jax.analysis.summary --help"]
+  assert all(float(r[1]) == float(r[2]) > 0 for r in rows)  # one round: median = max
+  assert [r[3] for r in rows] == ["- |", "- |"]
+  with pytest.raises(RuntimeError, match=r"regnet_jax\.analysis\.nothing --help failed"):
+    cli_startup.run_help("regnet_jax.analysis.nothing")
+
+
 def test_value_parsing():
   assert throughput.parse_value("1") == 1
   assert throughput.parse_value("0.5") == 0.5
