@@ -28,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from regnet_jax import data, models, summary
+from regnet_jax import data, models
 from regnet_jax.cpu import process
+from regnet_jax.models import counts
 from regnet_jax.train import evaluate, factory, optim
 from regnet_jax.train import steps as train_steps
 from regnet_jax.train.mesh import DataParallel
@@ -132,7 +133,7 @@ def benchmark_model(name: str, overrides: dict, batch_size: int, dtype: str, num
   train_img_s = batch_size / statistics.median(train_times)
   reference = models.create_model(name, model.num_classes, **{
       k: v for k, v in overrides.items() if k not in IMPLEMENTATION})
-  tflop_s = 6 * summary.count_macs(reference, size) * train_img_s / 1e12
+  tflop_s = 6 * counts.count_macs(reference, size) * train_img_s / 1e12
   return {
       "model": name, "variant": ",".join(f"{k}={v}" for k, v in overrides.items()) or "default",
       "batch": batch_size, "dtype": dtype, "devices": num_devices,

@@ -9,14 +9,15 @@ from benchmarks import throughput
 
 
 def test_model_benchmark_fields():
-  from regnet_jax import models, summary
+  from regnet_jax import models
+  from regnet_jax.models import counts
 
   row = throughput.benchmark_model("regnet20_gru", {"depth": 8}, batch_size=8,
                                    dtype="float32", num_devices=2, steps=1, warmup=1,
                                    peak_tflops=2.0)
   assert row["variant"] == "depth=8" and row["devices"] == 2
   assert row["train_img_s"] > 0 and row["eval_img_s"] > 0 and row["compile_s"] > 0
-  macs = summary.count_macs(models.create_model("regnet20_gru", 10, depth=8), 32)
+  macs = counts.count_macs(models.create_model("regnet20_gru", 10, depth=8), 32)
   assert row["train_tflop_s"] == pytest.approx(6 * macs * row["train_img_s"] / 1e12)
   assert row["mfu_pct"] == pytest.approx(50 * row["train_tflop_s"])
   assert row["page_faults_per_step"] >= 0 and row["sys_ms_per_step"] >= 0
@@ -54,6 +55,20 @@ def test_preprocess_benchmark_table(capsys):
   shares = [int(cells[1].rstrip("%")) for cells in scales]
   assert abs(sum(shares) - 100) <= 1 and shares[0] > 50  # these small photos: mostly enlarged
   assert float(scales[0][2].rstrip(" |")) < 0.01  # not shrunk: the same to rounding
+
+
+def test_cli_startup_table(capsys):
+  from benchmarks import cli_startup
+
+  cli_startup.main(["--modules", "regnet_jax.analysis.summary", "--repeats", "1"])
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[1:3] == ["| command | median s | max s | heavy imports |", "|---|---|---|---|"]
+  rows = [line.split(" | ") for line in lines[3:]]
+  assert [r[0] for r in rows] == ["| python -c pass", "| regnet_jax.analysis.summary --help"]
+  assert all(float(r[1]) == float(r[2]) > 0 for r in rows)  # one round: median = max
+  assert [r[3] for r in rows] == ["- |", "- |"]
+  with pytest.raises(RuntimeError, match=r"regnet_jax\.analysis\.nothing --help failed"):
+    cli_startup.run_help("regnet_jax.analysis.nothing")
 
 
 def test_value_parsing():

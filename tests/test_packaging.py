@@ -32,22 +32,22 @@ def test_the_wheel_holds_the_package_and_the_kernel_sources_in_the_cpu_package(i
   sources = sorted(n for n in names if n.endswith((".cc", ".h")))
   assert sources == ["regnet_jax/cpu/conv_kernel.cc", "regnet_jax/cpu/gate_kernel.cc",
                      "regnet_jax/cpu/kernel_common.h"]
-  for module in ("models/cells.py", "data/pipeline.py", "train/loop.py", "summary.py",
-                 "import_data.py", "analysis/results.py"):
+  for module in ("models/cells.py", "data/pipeline.py", "train/loop.py", "models/counts.py",
+                 "import_data.py", "analysis/results.py", "analysis/summary.py"):
     assert f"regnet_jax/{module}" in names, module
   assert not any(n.startswith(("tests/", "configs/", "benchmarks/")) for n in names)
   assert any(n.endswith("licenses/LICENSE") or n.endswith("/LICENSE") for n in names)
 
 
 def test_tools_run_from_the_installed_package(installed, tmp_path):
-  """``python -m regnet_jax.summary`` from another folder, importing the unpacked wheel; the
-  CPU kernels build from the installed sources."""
+  """``python -m regnet_jax.analysis.summary`` from another folder, importing the unpacked
+  wheel; the CPU kernels build from the installed sources."""
   _, site = installed
   env = {**os.environ, "PYTHONPATH": str(site), "JAX_PLATFORMS": "cpu",
          "REGNET_KERNEL_CACHE": str(tmp_path / "cache")}
   run = lambda *args: subprocess.run([sys.executable, *args], cwd=tmp_path, env=env,
                                      capture_output=True, text=True, timeout=300)
-  out = run("-m", "regnet_jax.summary", "--models", "regnet20_gru")
+  out = run("-m", "regnet_jax.analysis.summary", "--models", "regnet20_gru")
   assert out.returncode == 0, out.stderr[-2000:]
   assert "| regnet20_gru " in out.stdout and "310,202" in out.stdout
   out = run("-c", "import regnet_jax, regnet_jax.cpu as c; print(regnet_jax.__file__); "

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from regnet_jax import console, data
-from regnet_jax.data import pipeline
-from regnet_jax.train import evaluate
-from regnet_jax.train.mesh import DataParallel
+from regnet_jax import console
 
-Array = jax.Array
+# JAX, flax and the data pipeline are imported where they are used: --help needs none of them.
+
+if TYPE_CHECKING:
+  from jax import Array
 
 
 def block_outputs(intermediates: dict[str, Any], kind: str = "features",
@@ -47,6 +45,8 @@ def probe_counts(model: Any, variables: dict[str, Any], images: Array, labels: A
                  mask: Array, last: int) -> Array:
   """Correct predictions (masked) of GAP + FC on each of the last ``last`` block outputs:
   ``[last]``. The FC is the model's own (``params['fc']``)."""
+  import jax.numpy as jnp
+
   _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
   fc = variables["params"]["fc"]
   counts = []
@@ -66,6 +66,12 @@ def probe_workdir(workdir: str, last: int = 3, step: int | None = None,
   Returns ``{'workdir', 'model', 'step', 'blocks': [global 1-based block numbers],
   'accuracy': [...]}``.
   """
+  import jax
+
+  from regnet_jax import data
+  from regnet_jax.train import evaluate
+  from regnet_jax.train.mesh import DataParallel
+
   dp = DataParallel(jax.devices()[:1])
   run = evaluate.restore(workdir, step, dp)
   model, config = run.model, run.config
@@ -97,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
                       help="recompute BatchNorm statistics over this many training batches")
   parser.add_argument("--json", default=None, help="also write the results to this file")
   args = parser.parse_args(argv)
+  from regnet_jax.data import pipeline  # after the flags: --help needs no TensorFlow
+
   try:
     results = [probe_workdir(w, args.blocks, precise_bn=args.precise_bn)
                for w in args.workdirs]

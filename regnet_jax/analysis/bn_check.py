@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import jax
 import numpy as np
-from flax import traverse_util
 
-from regnet_jax import console, data
-from regnet_jax.train import evaluate
-from regnet_jax.train.mesh import DataParallel
+from regnet_jax import console
+
+# JAX, flax and the data pipeline are imported where they are used: --help needs none of them.
 
 
 def compare_stats(running: Any, precise: Any, constant_var: float, eps: float = 1e-5
@@ -31,6 +29,9 @@ def compare_stats(running: Any, precise: Any, constant_var: float, eps: float = 
   ``|mean_running - mean_precise| / sqrt(var_running + eps)`` over its channels,
   ``max_std_ratio`` of ``sqrt((var_precise + eps) / (var_running + eps))``, and
   ``constant``, its channels with running variance below ``constant_var``."""
+  import jax
+  from flax import traverse_util
+
   run = traverse_util.flatten_dict(jax.device_get(running), sep="/")
   pre = traverse_util.flatten_dict(jax.device_get(precise), sep="/")
   rows = []
@@ -49,6 +50,9 @@ def compare_stats(running: Any, precise: Any, constant_var: float, eps: float = 
 def replace_constant_channels(running: Any, precise: Any, constant_var: float) -> Any:
   """The running statistics, except that channels whose running variance is below
   ``constant_var`` take the precise mean and variance."""
+  import jax
+  from flax import traverse_util
+
   run = traverse_util.flatten_dict(jax.device_get(running), sep="/")
   pre = traverse_util.flatten_dict(jax.device_get(precise), sep="/")
   mixed = {}
@@ -61,6 +65,10 @@ def replace_constant_channels(running: Any, precise: Any, constant_var: float) -
 def check_workdir(workdir: str, step: int | None = None, batches: int = 20,
                   constant_var: float = 1e-8) -> dict[str, Any]:
   """The per-layer comparison and the three test errors for a checkpoint of ``workdir``."""
+  from regnet_jax import data
+  from regnet_jax.train import evaluate
+  from regnet_jax.train.mesh import DataParallel
+
   dp = DataParallel()
   run = evaluate.restore(workdir, step, dp)
   source = evaluate.eval_source(run.config, dp)

@@ -13,20 +13,20 @@ from __future__ import annotations
 import argparse
 import os
 
-import jax
 import numpy as np
 
-from regnet_jax import console, data
+from regnet_jax import console
+
+# JAX, flax and the data pipeline are imported where they are used: --help needs none of them.
 from regnet_jax.analysis.block_probe import block_outputs
-from regnet_jax.data import pipeline
-from regnet_jax.train import evaluate
-from regnet_jax.train.mesh import DataParallel
 
 
 def stage_maps(model, variables, images: np.ndarray, stage: int) -> dict[str, list[np.ndarray]]:
   """Channel-mean maps of one stage: ``{'I', 'H', 'O'}`` -> per block a ``[B, H, W]`` array
   (``I``: the block's input, the stage's input or the previous block's output; ``H`` is empty
   for unregulated stages)."""
+  import jax
+
   _, state = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]))(
       variables, images)
   inter = state["intermediates"]
@@ -72,6 +72,12 @@ def save_feature_maps(workdir: str, out_dir: str, stage: int = 1, num_images: in
                       step: int | None = None) -> list[str]:
   """Writes ``{model}_stage{stage}_image{i}.png`` for the first ``num_images`` test images;
   returns the paths."""
+  import jax
+
+  from regnet_jax import data
+  from regnet_jax.train import evaluate
+  from regnet_jax.train.mesh import DataParallel
+
   dp = DataParallel(jax.devices()[:1])
   run = evaluate.restore(workdir, step, dp)
   model, variables, config = run.model, run.variables, run.config
@@ -98,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--stage", type=int, default=1)
   parser.add_argument("--images", type=int, default=2)
   args = parser.parse_args(argv)
+  from regnet_jax.data import pipeline  # after the flags: --help needs no TensorFlow
+
   try:
     for path in save_feature_maps(args.workdir, args.out, args.stage, args.images):
       print(path)

@@ -57,7 +57,7 @@ def get_spec(name: str) -> ModelSpec:
     near = difflib.get_close_matches(str(name), MODELS, n=3, cutoff=0.5)
     listed = ", ".join(near[:-1]) + " or " + near[-1] if len(near) > 1 else "".join(near)
     hint = f"did you mean {listed}? " if near else ""
-    raise ValueError(f"unknown model {name!r}; {hint}`python -m regnet_jax.summary` "
+    raise ValueError(f"unknown model {name!r}; {hint}`python -m regnet_jax.analysis.summary` "
                      "lists every model")
   return MODELS[name]
 

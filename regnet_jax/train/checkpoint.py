@@ -1,7 +1,8 @@
 """Orbax checkpoints of the train state, and the run's config and provenance beside them.
 
 Layout of a workdir: ``config.json`` (the run's config), ``runs.jsonl`` (one line per start of
-the training process: when, the command, the code's commit, the machine), ``checkpoints/<step>/``
+the training process: when, the command, the code's commit, the machine, and what reports need:
+steps per epoch, train steps, parameters, MACs), ``checkpoints/<step>/``
 (orbax), and TensorBoard event files. Checkpoints hold arrays only (no pickled objects).
 """
 
@@ -72,10 +73,12 @@ def _cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
           + (" (AVX-512)" if avx512 else ""))
 
 
-def record_start(workdir: str, devices: list, **extra: Any) -> dict[str, Any]:
+def record_start(workdir: str, devices: list, **facts: Any) -> dict[str, Any]:
   """Appends this start of training to ``runs.jsonl`` (process 0 only) and returns it: UTC
-  time, command line, code version, CPU, devices, process count, jax version, and ``extra``
-  (e.g. ``config_changes``, the recipe changes a resume was allowed)."""
+  time, command line, code version, CPU, devices, process count and jax version, then
+  ``facts``: what the run's reports need to know without the dataset or the model (training
+  records its steps per epoch and train steps, the model's parameters and MACs, and
+  ``config_changes``, the recipe changes a resume was allowed)."""
   kinds: dict[str, int] = {}
   for d in devices:
     kinds[d.device_kind] = kinds.get(d.device_kind, 0) + 1
@@ -87,7 +90,7 @@ def record_start(workdir: str, devices: list, **extra: Any) -> dict[str, Any]:
       "devices": ", ".join(f"{n} x {kind}" for kind, n in kinds.items()),
       "processes": jax.process_count(),
       "jax": jax.__version__,
-      **extra,
+      **facts,
   }
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)

@@ -29,6 +29,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from regnet_jax import data
+from regnet_jax.models import counts
 from regnet_jax.train import checkpoint, evaluate, factory, optim, resume, steps
 from regnet_jax.train.mesh import DataParallel
 from regnet_jax.train.validate import validate_config
@@ -101,7 +102,12 @@ class _Run:
     state = self.dp.replicate(self.ckpt.restore_latest(state, self.dp.replicated) or state)
     checkpoint.write_config(workdir, config)
     extra = {"config_changes": {k: list(v) for k, v in changes.items()}} if changes else {}
-    checkpoint.record_start(workdir, self.dp.devices, **extra)
+    reference = factory.build_model(config, self.spec.num_classes, reference=True)  # to count
+    checkpoint.record_start(
+        workdir, self.dp.devices, steps_per_epoch=self.source.steps_per_epoch,
+        num_train_steps=self.num_steps,
+        params=counts.count_params(reference, self.spec.image_size),
+        macs=counts.count_macs(reference, self.spec.image_size), **extra)
     if int(state.step):
       logging.info("Resuming from the checkpoint of step %d in %s", int(state.step), workdir)
     for field, (old, new) in changes.items():

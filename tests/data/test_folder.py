@@ -20,7 +20,7 @@ from PIL import Image
 
 from configs import default
 from regnet_jax import data
-from regnet_jax.analysis import results
+from regnet_jax.analysis import events
 from regnet_jax.data import folder, stats
 from regnet_jax.data import pipeline as ip
 from regnet_jax.data.datasets import IMAGENETTE_CLASSES
@@ -313,7 +313,7 @@ def test_trains_and_evaluates_on_its_hold_out_split_counting_the_corrupt_image(
     state = loop.train_and_evaluate(config, str(tmp_path / "w"), devices=jax.devices()[:2])
   assert int(state.step) == 4
   assert state.params["fc"]["kernel"].shape[-1] == 10
-  tags = results.read_scalars(str(tmp_path / "w"))
+  tags = events.read_scalars(events.event_files(str(tmp_path / "w")))
   assert [s for s, _, _ in tags["train_loss"]] == [1, 2, 3, 4]
   assert all(np.isfinite(v) for _, v, _ in tags["train_loss"])
   assert tags["eval_examples"] == [(4, 10.0, tags["eval_examples"][0][2])]  # 1 per class

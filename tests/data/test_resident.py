@@ -120,13 +120,13 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params),
                jax.device_get(whole.params))
   # The evaluation path reads the workdir and agrees with the run's last evaluation.
-  from regnet_jax.analysis import results
+  from regnet_jax.analysis import events
 
   model, variables, _ = evaluate.load_from_workdir(str(tmp_path / "b"))
   images, labels = tiny_arrays()["test"]
   logits = model.apply(variables, data.normalize(images, CIFAR), train=False)
   error = 1.0 - float(np.mean(np.argmax(logits, -1) == labels))
-  logged = results.read_scalars(str(tmp_path / "b"))["eval_top1_error"]
+  logged = events.read_scalars(events.event_files(str(tmp_path / "b")))["eval_top1_error"]
   assert [s for s, _, _ in logged] == [4, 8]
   assert error == pytest.approx(logged[-1][1], abs=1e-6)
 
@@ -136,7 +136,7 @@ def test_precise_bn_evals_leave_training_unchanged(tmp_path):
   weights are bit-identical to a run without it, and the logged error is the test error with
   every BN layer's statistics averaged over the run's first two training batches, recomputed
   here."""
-  from regnet_jax.analysis import results
+  from regnet_jax.analysis import events
 
   config = tiny_config(eval_precise_bn_batches=2)
   plain = loop.train_and_evaluate(tiny_config(), str(tmp_path / "a"),
@@ -144,8 +144,9 @@ def test_precise_bn_evals_leave_training_unchanged(tmp_path):
   state = loop.train_and_evaluate(config, str(tmp_path / "b"), source=source(config))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
                jax.device_get(plain.params))
-  logged = results.read_scalars(str(tmp_path / "b"))
-  assert "precise_bn_eval_top1_error" not in results.read_scalars(str(tmp_path / "a"))
+  logged = events.read_scalars(events.event_files(str(tmp_path / "b")))
+  assert "precise_bn_eval_top1_error" not in events.read_scalars(events.event_files(
+      str(tmp_path / "a")))
   model = factory.build_model(config, 10).clone(bn_momentum=0.0)  # stats of the batch
   variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
   stats = [model.apply(variables, data.normalize(b["image"], CIFAR), train=True,

@@ -10,12 +10,12 @@ from flax import linen as nn
 
 from regnet_jax import models
 from regnet_jax.models.cells import initial_state
+from regnet_jax.models.counts import count_params
 from regnet_jax.models.stage import Stage
-from regnet_jax.summary import count_params
 
 # Every registered model's parameter count (CIFAR models with 10 classes, ImageNet with 1000).
 # The counts marked "derived" are derived by hand from the layer shapes (docs/model.md); the
-# others are pinned from `python -m regnet_jax.summary`.
+# others are pinned from `python -m regnet_jax.analysis.summary`.
 PARAMS = {
     "resnet20": 272_570,  # derived
     "se_resnet20": 276_602,  # derived
@@ -272,7 +272,7 @@ def test_bottleneck_shapes_and_pooled_state(stride_on):
 
 @pytest.mark.parametrize("name,overrides,match", [
     ("regnet21_gru", {}, "unknown model 'regnet21_gru'; did you mean regnet32_gru, regnet20_gru or "
-     "regnet56_gru\\? `python -m regnet_jax.summary` lists every model"),
+     "regnet56_gru\\? `python -m regnet_jax.analysis.summary` lists every model"),
     ("resnet20", {"depth": 21}, "depth=21 is not valid .* 6n\\+2"),
     ("resnet20", {"cell": "transformer"}, "cell='transformer' is not valid; choose one of rnn"),
     ("regnet20_gru", {"regulated_stages": (4,)}, "regulated_stages entry=4 .* one of 1, 2, 3"),

@@ -1,15 +1,15 @@
-"""MAC counting against hand-derived counts and against XLA's cost analysis; the summary
-command."""
+"""MAC counting against hand-derived counts and against XLA's cost analysis."""
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from regnet_jax import models, summary
+from regnet_jax import models
+from regnet_jax.models import counts
 
 
 def _macs(name, **overrides):
-  return summary.count_macs(models.create_model(name, 10, **overrides), 32)
+  return counts.count_macs(models.create_model(name, 10, **overrides), 32)
 
 
 def test_resnet_macs_match_the_derived_counts():
@@ -36,7 +36,7 @@ def test_counter_agrees_with_xla_where_conventions_coincide():
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y.reshape(2, -1)[:, :8] @ w  # no elementwise arithmetic
 
-  ours = summary._jaxpr_macs(jax.make_jaxpr(f)(x, k, w).jaxpr)
+  ours = counts._jaxpr_macs(jax.make_jaxpr(f)(x, k, w).jaxpr)
   assert ours == 2 * 7 * 7 * 8 * (3 * 3 * 3) + 2 * 8 * 5
   assert jax.jit(f).lower(x, k, w).compile().cost_analysis()["flops"] == 2 * ours
 
@@ -46,24 +46,5 @@ def test_xla_count_is_close_to_the_conventional_count(name):
   """XLA skips the taps that fall on zero padding; for a RegNet it also counts the gates'
   elementwise work, which the conventional count leaves out."""
   model = models.create_model(name, 10)
-  xla, ours = summary.xla_macs(model, 32), summary.count_macs(model, 32)
+  xla, ours = counts.xla_macs(model, 32), counts.count_macs(model, 32)
   assert 0.85 * ours < xla < 1.05 * ours
-
-
-def test_summary_command(capsys):
-  summary.main(["--models", "resnet20", "regnet20_gru"])
-  out = capsys.readouterr().out
-  assert "| resnet20 " in out and "272,570" in out and "40.813M" in out
-  assert "310,202" in out and "+15M" in out and "XLA MACs" not in out
-  summary.main(["--models", "regnet20_lstm", "--xla"])
-  header, _, row = capsys.readouterr().out.splitlines()
-  cells = dict(zip(*([c.strip() for c in line.split("|")] for line in (header, row)),
-                   strict=True))
-  assert cells["MACs"] == "49.316M"
-  assert 0.95 < float(cells["XLA MACs"][:-1]) / 49.316 < 1.05
-
-
-def test_summary_rejects_unknown_model(capsys):
-  with pytest.raises(SystemExit):
-    summary.main(["--models", "resnet21"])
-  assert "unknown model 'resnet21'" in capsys.readouterr().err
