@@ -7,19 +7,18 @@ BatchNorm statistics are computed over the *global* batch (XLA all-reduces the m
 synchronised BatchNorm: results do not depend on the device count.
 
 Batches hold pixels on the 0-255 scale; the steps normalise them on the device
-(:func:`regnet_jax.data.normalize`). Needs neither TensorFlow nor clu: the loop around these
-steps is in :mod:`regnet_jax.train.loop`.
+(:func:`regnet_jax.data.normalize`). Needs neither TensorFlow, clu nor ml_collections (only
+annotations name ``ConfigDict``): the loop around these steps is in :mod:`regnet_jax.train.loop`.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax.training import train_state
@@ -27,6 +26,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from regnet_jax import cpu, models
 from regnet_jax.data import datasets
+
+if TYPE_CHECKING:  # annotations only: the steps also run where ml_collections is missing
+  import ml_collections
 
 
 class TrainState(train_state.TrainState):
