@@ -17,12 +17,14 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 from flax import serialization
+
+if TYPE_CHECKING:  # annotations only: checkpoints also work where ml_collections is missing
+  import ml_collections
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -131,6 +133,8 @@ def check_workdir(workdir: str, checkpoint_bytes: int, keep: int) -> None:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
+  import ml_collections
+
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{workdir} has no config.json: not a training workdir")
