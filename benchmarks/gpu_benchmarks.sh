@@ -42,8 +42,8 @@ if [ "${1:-}" = wheels ]; then
   exec "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     -d "$wheels" -r benchmarks/gpu_wheels.txt
 fi
-if [ $# -ne 2 ]; then
-  echo "usage: $0 SECONDS OUT  (or: $0 wheels)" >&2
+if [ $# -ne 2 ] || ! [[ $1 =~ ^[0-9]+$ ]]; then
+  echo "usage: $0 SECONDS OUT (e.g. $0 480 out), or: $0 wheels" >&2
   exit 2
 fi
 total=$1

@@ -32,6 +32,10 @@ if ! is_312 "$py"; then
   exit 1
 fi
 
+if [ -e "$venv" ] && [ ! -f "$venv/pyvenv.cfg" ]; then
+  echo "error: $venv exists and is not a venv; name another folder for the venv" >&2
+  exit 1
+fi
 echo "1. venv $venv ($("$py" --version))"
 rm -rf "$venv"
 "$py" -m venv "$venv"

@@ -177,7 +177,8 @@ MISSING_ON_THE_GPU = ("ml_collections", "clu", "tensorflow", "tensorflow_dataset
 def run_gpu_script(tmp_path, seconds: int, cpu_mode: bool):
   """benchmarks/gpu_benchmarks.sh SECONDS OUT with this interpreter, MISSING_ON_THE_GPU hidden,
   and the wheels of $GPU_WHEELS (benchmarks/gpu_image_check.sh sets it) or none; returns the
-  process, OUT's rows and log."""
+  process, OUT's rows and log, and how many Python processes hid them (the script keeps the
+  PYTHONPATH it is given)."""
   import json
   import os
   import subprocess
@@ -187,8 +188,10 @@ def run_gpu_script(tmp_path, seconds: int, cpu_mode: bool):
 
   hide = tmp_path / "hide"
   hide.mkdir()
+  hidden = tmp_path / "hidden"
   (hide / "sitecustomize.py").write_text(
-      f"import sys\nsys.modules.update(dict.fromkeys({MISSING_ON_THE_GPU!r}))\n")
+      f"import sys\nsys.modules.update(dict.fromkeys({MISSING_ON_THE_GPU!r}))\n"
+      f"open({str(hidden)!r}, 'a').write('hidden\\n')\n")
   env = {k: v for k, v in os.environ.items() if k != "GPU_BENCHMARKS_CPU"}
   env.update(PYTHON=sys.executable, PYTHONPATH=str(hide),
              GPU_WHEELS=os.environ.get("GPU_WHEELS", str(tmp_path / "no_wheels")),
@@ -197,7 +200,8 @@ def run_gpu_script(tmp_path, seconds: int, cpu_mode: bool):
   done = subprocess.run(["bash", "benchmarks/gpu_benchmarks.sh", str(seconds), str(out)],
                         cwd=REPO, capture_output=True, text=True, env=env, timeout=seconds + 60)
   rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-  return done, rows, (out / "log.txt").read_text()
+  count = len(hidden.read_text().splitlines()) if hidden.exists() else 0
+  return done, rows, (out / "log.txt").read_text(), count
 
 
 def test_gpu_benchmarks_script_end_to_end_in_cpu_mode(tmp_path):
@@ -210,10 +214,11 @@ def test_gpu_benchmarks_script_end_to_end_in_cpu_mode(tmp_path):
   from benchmarks import gpu_check
   from tests.conftest import REPO
 
-  done, rows, log = run_gpu_script(tmp_path, 900, cpu_mode=True)
+  done, rows, log, hidden = run_gpu_script(tmp_path, 900, cpu_mode=True)
   assert done.returncode == 0, log[-3000:]
   statuses = re.findall(r"exit status (\d+)", log)
   assert len(statuses) == 5 and set(statuses) == {"0"}, log[-3000:]
+  assert hidden >= 5  # every command's Python (and pip's, with wheels)
   assert "skipped" not in log and log.rstrip().endswith("done")
   assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["log.txt", "results.jsonl"]
 
@@ -243,7 +248,7 @@ def test_gpu_benchmarks_script_end_to_end_in_cpu_mode(tmp_path):
 def test_gpu_benchmarks_script_stops_at_a_failed_check(tmp_path):
   """Not a GPU (and no CPU mode): the versions are a row, then the run stops, nothing long
   runs, and the log says why."""
-  done, rows, log = run_gpu_script(tmp_path, 300, cpu_mode=False)
+  done, rows, log, _ = run_gpu_script(tmp_path, 300, cpu_mode=False)
   assert done.returncode == 1
   assert [r["check"] for r in rows] == ["versions"] and rows[0]["backend"] == "cpu"
   assert "the JAX backend is 'cpu', not a GPU" in log and "the checks failed: stopping" in log
