@@ -6,22 +6,27 @@
     python benchmarks/throughput.py --pipeline cifar10 --data_dir DIR   # input pipeline alone
     python benchmarks/throughput.py --resident --models resnet20 --batch_size 64
 
-Images/s are the median over timed steps after warm-up (each step waited on with
-``block_until_ready``), on synthetic batches already on the devices, so the numbers are the
-model's and not the input pipeline's. ``--variants`` benchmarks each model once per listed
-override (plus the default: a model attribute, or ``cell_impl`` / ``conv_grad``, the
-implementation), alternating them in one run, so they can be compared as ratios on a noisy
-machine. ``--resident`` times the train step fed by the device-resident CIFAR source instead.
+Images/s are throughput, on synthetic batches already on the devices (the model's rate, not the
+input pipeline's): after warm-up, ``--steps`` steps are dispatched one after another without
+waiting for any (JAX runs them asynchronously, as training does), and timed from the first
+dispatch until the last result is ready. Compile time is measured on its own, before. With
+``--jsonl``, each measurement (compile, train, eval) is appended as a row the moment it is
+taken. ``--variants`` benchmarks each model once per listed override (plus the default: a model
+attribute, or ``cell_impl`` / ``conv_grad``, the implementation), alternating them in one run,
+so they can be compared as ratios on a noisy machine; ``--model_args`` applies to all of them.
+``--resident`` times the train step fed by the device-resident CIFAR source instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
-import statistics
 import time
 import types
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -62,29 +67,29 @@ def _peak_memory_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # host RSS (KiB on Linux)
 
 
-def _time_steps(fn, steps: int, warmup: int) -> tuple[list[float], float, float]:
-  """Seconds of each timed call of ``fn`` after ``warmup`` calls, and per timed call the host's
-  minor page faults (fresh memory the kernel had to map and zero) and the process's system CPU
-  milliseconds (mostly that zeroing)."""
+def _time_steps(fn: Callable[[], Any], steps: int, warmup: int) -> tuple[float, float, float]:
+  """Seconds per call of ``fn`` over ``steps`` calls dispatched without waiting for any, from
+  the first dispatch until every result is ready (after ``warmup`` calls, each waited on); and
+  per timed call the host's minor page faults (fresh memory the kernel had to map and zero) and
+  the process's system CPU milliseconds (mostly that zeroing)."""
   for _ in range(warmup):
     jax.block_until_ready(fn())
-  times = []
   before = resource.getrusage(resource.RUSAGE_SELF)
-  for _ in range(steps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
+  start = time.perf_counter()
+  jax.block_until_ready([fn() for _ in range(steps)])
+  seconds = time.perf_counter() - start
   after = resource.getrusage(resource.RUSAGE_SELF)
-  return (times, (after.ru_minflt - before.ru_minflt) / steps,
+  return (seconds / steps, (after.ru_minflt - before.ru_minflt) / steps,
           1e3 * (after.ru_stime - before.ru_stime) / steps)
 
 
 def build_train_step(name: str, overrides: dict, batch_size: int, dtype: str,
-                     num_devices: int):
+                     num_devices: int, backend: str | None = None):
   """The jitted train and eval steps of one model variant on a synthetic device-resident batch.
 
   Returns ``(model, p_train, p_eval, state, batch)``: SGD with momentum at a constant learning
-  rate, the batch ``[batch_size, S, S, 3]`` sharded over the first ``num_devices`` devices."""
+  rate, the batch ``[batch_size, S, S, 3]`` (pixels, seed 0) sharded over the first
+  ``num_devices`` devices of ``backend`` (default: JAX's default backend)."""
   size = models.get_spec(name).image_size
   spec = data.get_spec("cifar10" if size == 32 else "imagenet2012")
   impl = {k: overrides[k] for k in IMPLEMENTATION if k in overrides}
@@ -93,7 +98,7 @@ def build_train_step(name: str, overrides: dict, batch_size: int, dtype: str,
       **{k: v for k, v in overrides.items() if k not in IMPLEMENTATION}), **impl)
   sgd = types.SimpleNamespace(weight_decay=1e-4, momentum=0.9, nesterov=False)
   schedule = optax.constant_schedule(0.1)
-  dp = DataParallel(jax.devices()[:num_devices])
+  dp = DataParallel(jax.devices(backend)[:num_devices])
   dp.check_batch_size(batch_size)
   state = dp.replicate(train_steps.create_train_state(
       model, optim.create_optimizer(sgd, schedule), 0, size))
@@ -110,40 +115,51 @@ def build_train_step(name: str, overrides: dict, batch_size: int, dtype: str,
 
 
 def benchmark_model(name: str, overrides: dict, batch_size: int, dtype: str, num_devices: int,
-                    steps: int, warmup: int, peak_tflops: float | None = None) -> dict:
-  """Train and eval images/s, compile seconds and peak memory of one model variant.
+                    steps: int, warmup: int, peak_tflops: float | None = None,
+                    evaluate: bool = True, emit: Callable[[dict], Any] = lambda row: None
+                    ) -> dict:
+  """Compile seconds, train (and eval) images/s and peak memory of one model variant.
 
-  ``train_tflop_s`` is the model's conventional arithmetic, 6 FLOPs per forward MAC per image
-  (forward, and twice that for the backward pass), at the measured train rate; ``mfu_pct`` is
-  that as a share of ``peak_tflops`` (the model FLOP utilisation), when given."""
+  Each measurement is passed to ``emit`` the moment it is taken, as a row of its own
+  (``measured``: ``compile``, ``train``, ``eval``), so that a run stopped part-way keeps what
+  it measured; the return value is all of them in one row. ``train_tflop_s`` is the model's
+  conventional arithmetic, 6 FLOPs per forward MAC per image (2 forward, 4 backward), at the
+  measured train rate; ``mfu_pct`` is that as a share of ``peak_tflops`` (the model FLOP
+  utilisation), when given. ``evaluate=False`` skips the eval step."""
   model, p_train, p_eval, state, batch = build_train_step(name, overrides, batch_size, dtype,
                                                           num_devices)
   size = models.get_spec(name).image_size
+  reference = models.create_model(name, model.num_classes, **{
+      k: v for k, v in overrides.items() if k not in IMPLEMENTATION})
+  macs = counts.count_macs(reference, size)  # before any timing: a failure here loses nothing
+  head = {"model": name,
+          "variant": ",".join(f"{k}={v}" for k, v in overrides.items()) or "default",
+          "batch": batch_size, "dtype": dtype, "devices": num_devices}
+  merged = dict(head)
+
+  def keep(measured: str, **values: Any) -> None:
+    merged.update(values)
+    emit({**head, "measured": measured, **values})
+
   start = time.perf_counter()
   compiled = p_train.lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
+  keep("compile", compile_s=time.perf_counter() - start)
   holder = [state]
 
   def step():
     holder[0], metrics = compiled(holder[0], batch)
     return metrics
 
-  train_times, train_faults, train_sys_ms = _time_steps(step, steps, warmup)
-  eval_times, _, _ = _time_steps(lambda: p_eval(holder[0], batch), steps, warmup)
-  train_img_s = batch_size / statistics.median(train_times)
-  reference = models.create_model(name, model.num_classes, **{
-      k: v for k, v in overrides.items() if k not in IMPLEMENTATION})
-  tflop_s = 6 * counts.count_macs(reference, size) * train_img_s / 1e12
-  return {
-      "model": name, "variant": ",".join(f"{k}={v}" for k, v in overrides.items()) or "default",
-      "batch": batch_size, "dtype": dtype, "devices": num_devices,
-      "train_img_s": train_img_s,
-      "eval_img_s": batch_size / statistics.median(eval_times),
-      "train_tflop_s": tflop_s,
-      **({"mfu_pct": 100 * tflop_s / peak_tflops} if peak_tflops else {}),
-      "compile_s": compile_s, "peak_mem_mb": _peak_memory_mb(),
-      "page_faults_per_step": train_faults, "sys_ms_per_step": train_sys_ms,
-  }
+  seconds, faults, sys_ms = _time_steps(step, steps, warmup)
+  train_img_s = batch_size / seconds
+  tflop_s = 6 * macs * train_img_s / 1e12
+  keep("train", steps=steps, train_img_s=train_img_s, train_tflop_s=tflop_s,
+       **({"mfu_pct": 100 * tflop_s / peak_tflops} if peak_tflops else {}),
+       peak_mem_mb=_peak_memory_mb(), page_faults_per_step=faults, sys_ms_per_step=sys_ms)
+  if evaluate:
+    seconds, _, _ = _time_steps(lambda: p_eval(holder[0], batch), steps, warmup)
+    keep("eval", eval_img_s=batch_size / seconds)
+  return merged
 
 
 def benchmark_resident(name: str, batch_size: int, steps: int, warmup: int,
@@ -167,10 +183,9 @@ def benchmark_resident(name: str, batch_size: int, steps: int, warmup: int,
     holder[0], metrics = p_train(holder[0], next(batches))
     return metrics
 
-  times, _, _ = _time_steps(step, steps, warmup)
+  seconds, _, _ = _time_steps(step, steps, warmup)
   return {"model": name, "batch": batch_size, "input": "resident", "devices": num_devices,
-          "train_img_s": batch_size / statistics.median(times),
-          "ms_per_step": 1000 * statistics.median(times)}
+          "train_img_s": batch_size / seconds, "ms_per_step": 1000 * seconds}
 
 
 def benchmark_pipeline(dataset: str, data_dir: str | None, batch_size: int,
@@ -194,7 +209,8 @@ def print_table(rows: list[dict]) -> None:
   if not rows:
     return
   keys = list(rows[0])
-  fmt = lambda v: f"{v:,.1f}" if isinstance(v, float) else str(v)
+  fmt = lambda v: (str(v) if not isinstance(v, float) else
+                   f"{v:,.1f}" if v == 0 or abs(v) >= 0.1 else f"{v:.1e}")
   widths = [max(len(k), *(len(fmt(r[k])) for r in rows)) for k in keys]
   print("| " + " | ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)) + " |")
   print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -227,11 +243,16 @@ def main() -> None:
   parser.add_argument("--variants", nargs="*", default=[],
                       help="overrides to compare with the default, e.g. cell_impl=reference "
                       "or conv_grad=kernel,pairing=interleave")
-  parser.add_argument("--batch_size", type=int, default=128)
+  parser.add_argument("--model_args", nargs="*", default=[],
+                      help="attributes of every variant, e.g. depth=8 (a shallower network)")
+  parser.add_argument("--batch_size", type=int, nargs="+", default=[128],
+                      help="global batch sizes, each benchmarked in turn")
   parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   parser.add_argument("--devices", type=int, default=1)
-  parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=10, help="timed steps")
+  parser.add_argument("--warmup", type=int, default=3, help="steps run before timing")
+  parser.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
+                      help="also time the eval step (--no-eval: train only)")
   parser.add_argument("--rounds", type=int, default=1, help="alternate all variants this often")
   parser.add_argument("--pipeline", default=None, help="benchmark this dataset's pipeline")
   parser.add_argument("--data_dir", default=None)
@@ -249,19 +270,19 @@ def main() -> None:
 
   rows = []
   keep = lambda row: rows.append(append_jsonl(args.jsonl, row))
-  if args.pipeline:
-    keep(benchmark_pipeline(args.pipeline, args.data_dir, args.batch_size, 50))
-  elif args.resident:
-    for _ in range(args.rounds):
+  model_args = parse_variants([",".join(args.model_args)])[1] if args.model_args else {}
+  variants = [{**model_args, **v} for v in parse_variants(args.variants)]
+  for _, batch in itertools.product(range(args.rounds), args.batch_size):
+    if args.pipeline:
+      keep(benchmark_pipeline(args.pipeline, args.data_dir, batch, 50))
+    elif args.resident:
       for name in args.models:
-        keep(benchmark_resident(name, args.batch_size, args.steps, args.warmup, args.devices))
-  else:
-    variants = parse_variants(args.variants)
-    for _ in range(args.rounds):
-      for name in args.models:
-        for overrides in variants:
-          keep(benchmark_model(name, overrides, args.batch_size, args.dtype, args.devices,
-                               args.steps, args.warmup, args.peak_tflops))
+        keep(benchmark_resident(name, batch, args.steps, args.warmup, args.devices))
+    else:
+      for name, overrides in itertools.product(args.models, variants):
+        rows.append(benchmark_model(  # its rows reach --jsonl one measurement at a time
+            name, overrides, batch, args.dtype, args.devices, args.steps, args.warmup,
+            args.peak_tflops, args.eval, emit=lambda row: append_jsonl(args.jsonl, row)))
   report(rows, args.json)
 
 

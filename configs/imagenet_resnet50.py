@@ -17,6 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.learning_rate = 0.06  # For batch 128; scale it linearly with another batch size.
   config.lr_boundaries = (50.0, 70.0)  # Divided by 10 at epochs 50 and 70.
   config.log_every_steps = 500  # 10,009 steps per epoch.
-  config.half_precision = None  # bfloat16 compute on GPUs and TPUs, float32 on CPUs.
+  # None: bfloat16 compute on GPUs and TPUs, float32 on CPUs; a bool-typed placeholder, so that
+  # --config.half_precision=True or False can override it.
+  config.half_precision = ml_collections.config_dict.placeholder(bool)
   config.model_args.stride_on = "3x3"  # Bottleneck stride on the 3x3 (v1.5) or the first 1x1.
   return config

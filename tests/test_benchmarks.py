@@ -8,19 +8,50 @@ import pytest
 from benchmarks import throughput
 
 
-def test_model_benchmark_fields():
+def test_model_benchmark_rows():
+  """Compile, train and eval are each a row the moment they are measured; the returned row
+  merges them; MFU follows from the MAC count."""
   from regnet_jax import models
   from regnet_jax.models import counts
 
+  emitted = []
   row = throughput.benchmark_model("regnet20_gru", {"depth": 8}, batch_size=8,
-                                   dtype="float32", num_devices=2, steps=1, warmup=1,
-                                   peak_tflops=2.0)
-  assert row["variant"] == "depth=8" and row["devices"] == 2
+                                   dtype="float32", num_devices=2, steps=2, warmup=1,
+                                   peak_tflops=2.0, emit=emitted.append)
+  head = {"model": "regnet20_gru", "variant": "depth=8", "batch": 8, "dtype": "float32",
+          "devices": 2}
+  assert [r["measured"] for r in emitted] == ["compile", "train", "eval"]
+  assert all(r.items() >= head.items() for r in emitted)
+  merged = {k: v for r in emitted for k, v in r.items() if k != "measured"}
+  assert row == merged and row["steps"] == 2
   assert row["train_img_s"] > 0 and row["eval_img_s"] > 0 and row["compile_s"] > 0
   macs = counts.count_macs(models.create_model("regnet20_gru", 10, depth=8), 32)
   assert row["train_tflop_s"] == pytest.approx(6 * macs * row["train_img_s"] / 1e12)
   assert row["mfu_pct"] == pytest.approx(50 * row["train_tflop_s"])
   assert row["page_faults_per_step"] >= 0 and row["sys_ms_per_step"] >= 0
+
+
+def test_steps_are_timed_dispatched_without_waiting():
+  """Warm-up calls are waited on one by one; the timed calls are all dispatched before the
+  first wait, and every one of their results is waited on."""
+  events = []
+
+  class Result:
+    def __init__(self, n):
+      self.n = n
+
+    def block_until_ready(self):
+      events.append(("wait", self.n))
+      return self
+
+  def fn():
+    events.append(("call", len([e for e in events if e[0] == "call"])))
+    return Result(events[-1][1])
+
+  seconds, faults, sys_ms = throughput._time_steps(fn, steps=3, warmup=2)
+  assert events == [("call", 0), ("wait", 0), ("call", 1), ("wait", 1),
+                    ("call", 2), ("call", 3), ("call", 4), ("wait", 2), ("wait", 3), ("wait", 4)]
+  assert seconds > 0 and faults >= 0 and sys_ms >= 0
 
 
 def test_resident_benchmark_fields():
@@ -152,56 +183,112 @@ def test_float64_check_measures():
   assert np.std(moved / 2 - 1) == pytest.approx(1e-3, rel=0.1)
 
 
-def test_gpu_benchmarks_script_end_to_end_in_cpu_mode(tmp_path):
-  """benchmarks/gpu_benchmarks.sh, shrunk to the CPU: every part runs, every measurement is a
-  row of results.jsonl, and the tarball holds the rows, the log and the CIFAR runs' events and
-  results table."""
+# What the GPU machine's image lacks. The tests of benchmarks/gpu_benchmarks.sh run it with
+# these hidden (a sitecustomize that makes importing them fail), so its GPU path is proved not
+# to need them wherever they are installed.
+MISSING_ON_THE_GPU = ("ml_collections", "clu", "tensorflow", "tensorflow_datasets")
+
+
+def run_gpu_script(tmp_path, seconds: int, cpu_mode: bool):
+  """benchmarks/gpu_benchmarks.sh SECONDS OUT with this interpreter, MISSING_ON_THE_GPU hidden,
+  and the wheels of $GPU_WHEELS (benchmarks/gpu_image_check.sh sets it) or none; returns the
+  process, OUT's rows and log, and how many Python processes hid them (the script keeps the
+  PYTHONPATH it is given)."""
   import json
   import os
   import subprocess
-  import tarfile
-
-  from tests.conftest import REPO, TESTDATA
-
-  out = tmp_path / "out"
-  done = subprocess.run(["bash", "benchmarks/gpu_benchmarks.sh", "1200", str(out),
-                         str(TESTDATA / "cifar10")], cwd=REPO, capture_output=True, text=True,
-                        env={**os.environ, "GPU_BENCHMARKS_CPU": "1"}, timeout=1500)
-  log = (out / "log.txt").read_text()
-  assert done.returncode == 0, log[-3000:]
-  assert sorted(p.name for p in out.iterdir()) == ["log.txt", "results.jsonl",
-                                                   "results.tar.gz"]
-  rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-  assert rows[0]["check"] == "ok" and rows[0]["backend"] == "cpu"
-  assert [(r["model"], r["dtype"]) for r in rows[1:2]] == [("resnet20", "bfloat16")]
-  assert [r["model"] for r in rows[2:4]] == ["resnet20", "regnet20_gru"]  # synthetic batches
-  assert [(r["model"], r["input"]) for r in rows[4:]] == [("resnet20", "resident"),
-                                                          ("regnet20_gru", "resident")]
-  statuses = re.findall(r"exit status (\d+)", log)
-  assert statuses and set(statuses) == {"0"}, log[-3000:]
-  assert "skipped" not in log and log.rstrip().endswith("done")
-  with tarfile.open(out / "results.tar.gz") as tar:
-    names = tar.getnames()
-  for m in ("resnet20", "regnet20_gru"):
-    assert f"cifar/{m}/config.json" in names
-    assert any(n.startswith(f"cifar/{m}/events.out.tfevents") for n in names)
-    assert not any(n.startswith(f"cifar/{m}/checkpoints") for n in names)
-  assert "cifar/results_gpu.json" in names and "results.jsonl" in names
-
-
-def test_gpu_benchmarks_script_stops_at_a_failed_check(tmp_path):
-  """Not a GPU (and no CPU mode): the first check fails, nothing long runs, and the log and
-  the tarball still come back."""
-  import os
-  import subprocess
+  import sys
 
   from tests.conftest import REPO
 
+  hide = tmp_path / "hide"
+  hide.mkdir()
+  hidden = tmp_path / "hidden"
+  (hide / "sitecustomize.py").write_text(
+      f"import sys\nsys.modules.update(dict.fromkeys({MISSING_ON_THE_GPU!r}))\n"
+      f"open({str(hidden)!r}, 'a').write('hidden\\n')\n")
+  env = {k: v for k, v in os.environ.items() if k != "GPU_BENCHMARKS_CPU"}
+  env.update(PYTHON=sys.executable, PYTHONPATH=str(hide),
+             GPU_WHEELS=os.environ.get("GPU_WHEELS", str(tmp_path / "no_wheels")),
+             **({"GPU_BENCHMARKS_CPU": "1"} if cpu_mode else {}))
   out = tmp_path / "out"
-  done = subprocess.run(["bash", "benchmarks/gpu_benchmarks.sh", "300", str(out), "unused"],
-                        cwd=REPO, capture_output=True, text=True, timeout=600,
-                        env={k: v for k, v in os.environ.items() if k != "GPU_BENCHMARKS_CPU"})
-  log = (out / "log.txt").read_text()
+  done = subprocess.run(["bash", "benchmarks/gpu_benchmarks.sh", str(seconds), str(out)],
+                        cwd=REPO, capture_output=True, text=True, env=env, timeout=seconds + 60)
+  rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+  count = len(hidden.read_text().splitlines()) if hidden.exists() else 0
+  return done, rows, (out / "log.txt").read_text(), count
+
+
+def test_gpu_benchmarks_script_end_to_end_in_cpu_mode(tmp_path):
+  """benchmarks/gpu_benchmarks.sh, shrunk to the CPU: every command runs and exits 0, and every
+  measurement is a row of results.jsonl, in priority order: versions (and the carried wheels
+  imported where there are any), orbax, numerics (both sides on the CPU: equal), then compile
+  and train rows of each throughput measurement, with MFU against the stated peaks."""
+  import os
+
+  from benchmarks import gpu_check
+  from tests.conftest import REPO
+
+  done, rows, log, hidden = run_gpu_script(tmp_path, 900, cpu_mode=True)
+  assert done.returncode == 0, log[-3000:]
+  statuses = re.findall(r"exit status (\d+)", log)
+  assert len(statuses) == 5 and set(statuses) == {"0"}, log[-3000:]
+  assert hidden >= 5  # every command's Python (and pip's, with wheels)
+  assert "skipped" not in log and log.rstrip().endswith("done")
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["log.txt", "results.jsonl"]
+
+  versions, orbax, *numerics = rows[:4]
+  assert versions["check"] == "versions" and versions["backend"] == "cpu"
+  listed = [line.split("==")[0] for line in (REPO / "benchmarks" / "gpu_wheels.txt").read_text(
+      ).splitlines() if line and not line.startswith("#")]
+  assert sorted(listed) == sorted(gpu_check.CARRIABLE)
+  assert versions["carried"] == (sorted(listed) if "GPU_WHEELS" in os.environ else [])
+  assert orbax == {"check": "orbax", "ok": True}
+  assert [r["numerics"] for r in numerics] == ["resnet20", "regnet20_gru"]
+  for r in numerics:
+    assert r["max_loss_rel_diff"] == 0.0 and r["max_update_rel_diff"] == 0.0 and r["ok"]
+    assert r["steps"] == 2 and r["variant"] == "depth=8"
+
+  measured = [(r["model"], r["dtype"], r["batch"], r["measured"]) for r in rows[4:]]
+  expected = [("resnet20", "bfloat16", 2)] + [
+      (m, "float32", b) for b in (2, 4) for m in ("resnet20", "regnet20_gru")] + [
+      ("resnet20", "float32", 2)]
+  assert measured == [(*e, kind) for e in expected for kind in ("compile", "train")]
+  for r in rows[5::2]:
+    peak = 989 if r["dtype"] == "bfloat16" else 495
+    assert r["mfu_pct"] == pytest.approx(100 * r["train_tflop_s"] / peak)
+    assert r["train_img_s"] > 0 and r["steps"] == 2 and r["variant"] == "depth=8"
+
+
+def test_gpu_benchmarks_script_stops_at_a_failed_check(tmp_path):
+  """Not a GPU (and no CPU mode): the versions are a row, then the run stops, nothing long
+  runs, and the log says why."""
+  done, rows, log, _ = run_gpu_script(tmp_path, 300, cpu_mode=False)
   assert done.returncode == 1
+  assert [r["check"] for r in rows] == ["versions"] and rows[0]["backend"] == "cpu"
   assert "the JAX backend is 'cpu', not a GPU" in log and "the checks failed: stopping" in log
-  assert "throughput" not in log and (out / "results.tar.gz").exists()
+  assert "numerics" not in log and "throughput" not in log
+
+
+def test_numerics_compares_each_step_from_the_same_state(monkeypatch):
+  """A device side whose learning rate is twice the CPU's: from the same state every step, the
+  losses are equal and each update is twice the CPU's (relative difference 1); a
+  trajectory of its own would not have equal losses after the first step."""
+  from benchmarks import numerics
+
+  build = numerics.build_train_step
+
+  def doubled_on_the_device(*args):
+    if args[-1] == "cpu":
+      return build(*args)
+    with monkeypatch.context() as m:
+      m.setattr(throughput.optax, "constant_schedule",
+                lambda v, schedule=throughput.optax.constant_schedule: schedule(2 * v))
+      return build(*args)
+
+  monkeypatch.setattr(numerics, "build_train_step", doubled_on_the_device)
+  losses, loss_diffs, update_diffs = numerics.step_differences(
+      "resnet20", {"depth": 8, **numerics.REFERENCE}, 4, steps=3, num_batches=2)
+  assert len(set(losses)) == 3  # the CPU trained: a new loss every step
+  assert list(loss_diffs) == [0.0, 0.0, 0.0]
+  np.testing.assert_allclose(update_diffs, 1.0, rtol=1e-4)

@@ -4,6 +4,7 @@ docs/results.md differ only where they say they do."""
 import importlib
 import pathlib
 
+import numpy as np
 import pytest
 
 from regnet_jax import models
@@ -47,3 +48,27 @@ def test_configs_import_at_most_two_levels_deep(name):
     frontier = [child for stem in frontier for child in imported(stem)]
     depth += bool(frontier)
   assert depth <= 2
+
+
+@pytest.mark.parametrize("override,expected", [(None, None), ("True", True), ("False", False)])
+@pytest.mark.parametrize("name", ["imagenet_resnet50", "imagenet_regnet50"])
+def test_half_precision_can_be_overridden_from_the_command_line(monkeypatch, name, override,
+                                                                expected):
+  """The ImageNet configs' default (None: bfloat16 on accelerators, float32 on CPUs) is a typed
+  placeholder, so that main.py's flags (a locked config file flag) accept
+  ``--config.half_precision=True`` and ``=False``."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  from regnet_jax.train import factory
+
+  argv = ["main.py", f"--config=configs/{name}.py",
+          *([f"--config.half_precision={override}"] if override else [])]
+  monkeypatch.setattr("sys.argv", argv)  # config_flags reads the overrides from sys.argv
+  monkeypatch.chdir(REPO)
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True)
+  flag_values(argv)
+  assert flag_values.config.half_precision is expected
+  dtype = factory.compute_dtype(flag_values.config.half_precision)
+  assert np.dtype(dtype).name == ("bfloat16" if expected else "float32")  # None: on this CPU

@@ -22,11 +22,13 @@ tfds can use it too; ``tfds:NAME`` asks tfds (which needs TensorFlow) for the me
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
+
+if TYPE_CHECKING:  # annotations only: the model and the steps run without ml_collections
+  import ml_collections
 
 TFDS_PREFIX = "tfds:"
 FOLDER_PREFIX = "folder:"
@@ -143,7 +145,13 @@ def get_spec(dataset: str | ml_collections.ConfigDict) -> DatasetSpec:
     ValueError: an unknown dataset, a bad folder or override, in one line.
     pipeline.DatasetNotFoundError: a ``tfds:NAME`` that is not prepared and cannot be.
   """
-  config = ml_collections.ConfigDict({"dataset": dataset}) if isinstance(dataset, str) else dataset
+  if isinstance(dataset, str):
+    if dataset in DATASETS:
+      return DATASETS[dataset]
+    import ml_collections
+
+    dataset = ml_collections.ConfigDict({"dataset": dataset})
+  config = dataset
   check_config(config)
   name = config.dataset
   if name.startswith(FOLDER_PREFIX):

@@ -30,12 +30,15 @@ import functools
 import hashlib
 import math
 import os
+from typing import TYPE_CHECKING
 
-import ml_collections
 import numpy as np
 from PIL import Image
 
 from regnet_jax.data.datasets import FOLDER_PREFIX
+
+if TYPE_CHECKING:
+  import ml_collections
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 HELD_OUT_FOLDERS = ("val", "validation", "test")

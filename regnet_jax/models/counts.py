@@ -16,13 +16,16 @@ Two MAC counts:
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core as jex_core
 
 from regnet_jax.models.networks import Network
+
+if TYPE_CHECKING:
+  from jax.extend import core as jex_core
 
 
 def _example(model: Network, image_size: int) -> tuple[Any, jax.Array]:
@@ -37,6 +40,19 @@ def count_params(model: Network, image_size: int) -> int:
   """Number of trainable parameters (the ``params`` collection)."""
   variables, _ = _example(model, image_size)
   return sum(math.prod(p.shape) for p in jax.tree.leaves(variables["params"]))
+
+
+def _sub_jaxprs(params: dict[str, Any]) -> Iterator[jex_core.Jaxpr]:
+  """The jaxprs in an equation's parameters (a scan's body, a cond's branches, a jit's program),
+  closed ones opened. Recognised by their fields (``eqns``; a closed jaxpr's ``jaxpr``) rather
+  than through jax's own helper, which is outside its stable API and has moved between modules
+  (``jax.core``, ``jax.extend.core``)."""
+  for value in params.values():
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      if hasattr(item, "eqns"):
+        yield item
+      elif hasattr(getattr(item, "jaxpr", None), "eqns"):
+        yield item.jaxpr
 
 
 def _jaxpr_macs(jaxpr: jex_core.Jaxpr) -> int:
@@ -55,7 +71,7 @@ def _jaxpr_macs(jaxpr: jex_core.Jaxpr) -> int:
       (contract, _), _ = eqn.params["dimension_numbers"]
       lhs = eqn.invars[0].aval
       total += math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs.shape[d] for d in contract)
-    for sub in jex_core.jaxprs_in_params(eqn.params):
+    for sub in _sub_jaxprs(eqn.params):
       steps = eqn.params["length"] if name == "scan" else 1
       total += steps * _jaxpr_macs(sub)
   return total

@@ -18,13 +18,15 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import orbax.checkpoint as ocp
 from flax import serialization
+
+if TYPE_CHECKING:  # annotations only: checkpoints also work where ml_collections is missing
+  import ml_collections
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -138,6 +140,8 @@ def check_workdir(workdir: str, checkpoint_bytes: int, keep: int) -> None:
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config from ``config.json``, in today's layout (:func:`upgrade_config`)."""
+  import ml_collections
+
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{workdir} has no config.json: not a training workdir")

@@ -3,7 +3,8 @@
 The step is compiled for a :class:`~regnet_jax.train.mesh.DataParallel` mesh: the state
 replicated, the global batch sharded over every device (synchronised BatchNorm, results
 independent of the device count). Batches hold pixels on the 0-255 scale; the step normalises
-them on the device (:func:`regnet_jax.data.normalize`).
+them on the device (:func:`regnet_jax.data.normalize`). Needs neither TensorFlow,
+clu nor ml_collections: the loop around the step is in :mod:`regnet_jax.train.loop`.
 """
 
 from __future__ import annotations
