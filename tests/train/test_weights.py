@@ -5,7 +5,6 @@ half-written."""
 import dataclasses
 import os
 import pathlib
-import re
 import shutil
 import subprocess
 import sys
@@ -144,6 +143,8 @@ def _no_checkpoints(workdir, tmp_path):
      r"again with python -m regnet_jax\.export"),
     ("newer version", ValueError, r"^{tmp}/new\.safetensors is a weights file of version 2, "
      r"newer than this regnet-jax reads \(1\); upgrade regnet-jax$"),
+    ("incomplete", ValueError, r"^{tmp}/part\.safetensors is an incomplete weights file: its "
+     r"header has no mean, std; export it again with python -m regnet_jax\.export"),
     ("no checkpoints", FileNotFoundError, r"^no checkpoint in {tmp}/checkpoints: train first"),
     ("no such step", FileNotFoundError, r"^no checkpoint 7 in .+/checkpoints; it has steps 3$"),
     ("step of a file", ValueError, r"^step=3 is for workdirs; the weights file .+ holds one step"),
@@ -160,6 +161,9 @@ def test_bad_input_is_refused_in_one_line(trained_run, exported, tmp_path, case,
       "newer version": lambda: (_weights_file_with(
           str(tmp_path / "new.safetensors"), exported[0],
           lambda a, m: m.update(version="2")), None),
+      "incomplete": lambda: (_weights_file_with(
+          str(tmp_path / "part.safetensors"), exported[0],
+          lambda a, m: (m.pop("mean"), m.pop("std"))), None),
       "no checkpoints": lambda: (_no_checkpoints(trained_run, tmp_path), None),
       "no such step": lambda: (trained_run, 7),
       "step of a file": lambda: (exported[0], TRAINED_STEPS),
@@ -170,21 +174,16 @@ def test_bad_input_is_refused_in_one_line(trained_run, exported, tmp_path, case,
   assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--step=7"], r"error: no checkpoint 7 in .+/checkpoints; it has steps 3"),
-    (["--workdir={tmp}/none"], r"error: {tmp}/none has no config\.json: not a training workdir"),
-])
-def test_export_cli_refuses_in_one_line_and_leaves_the_file_alone(trained_run, tmp_path, args,
-                                                                   match):
+def test_export_cli_refuses_in_one_line_and_leaves_the_file_alone(trained_run, tmp_path):
   out = tmp_path / "out" / "model.safetensors"
   out.parent.mkdir()
   out.write_bytes(b"an earlier export")
   run = subprocess.run([sys.executable, "-m", "regnet_jax.export", f"--workdir={trained_run}",
-                        *[a.format(tmp=tmp_path) for a in args], f"--out={out}"], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+                        "--step=7", f"--out={out}"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
   assert run.returncode == 1 and "Traceback" not in run.stderr
-  last = run.stderr.strip().splitlines()[-1]
-  assert re.fullmatch(match.format(tmp=tmp_path), last), run.stderr[-2000:]
+  assert run.stderr.strip().splitlines()[-1] == (
+      f"error: no checkpoint 7 in {trained_run}/checkpoints; it has steps 3"), run.stderr[-2000:]
   assert os.listdir(out.parent) == ["model.safetensors"]
   assert out.read_bytes() == b"an earlier export"
 
