@@ -95,4 +95,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = -1  # Save every this many steps; -1: once per epoch.
   config.keep_checkpoints = 3  # Newest checkpoints kept on disk.
   config.seed = 0  # Seeds initialisation, data order and augmentation.
+  # Fine-tuning: the first start takes its parameters and BatchNorm statistics from a trained
+  # run instead of a random initialisation (the optimizer starts fresh; a resumed run restores
+  # its own checkpoint): WORKDIR (its newest checkpoint), WORKDIR:STEP, or a weights file of
+  # `python -m regnet_jax.export`. The model must be the source's; a classifier of another
+  # class count is re-initialised. None: a random initialisation.
+  config.init_from = ml_collections.config_dict.placeholder(str)
   return config

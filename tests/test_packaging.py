@@ -33,7 +33,8 @@ def test_the_wheel_holds_the_package_and_the_kernel_sources_in_the_cpu_package(i
   assert sources == ["regnet_jax/cpu/conv_kernel.cc", "regnet_jax/cpu/gate_kernel.cc",
                      "regnet_jax/cpu/kernel_common.h"]
   for module in ("models/cells.py", "data/pipeline.py", "train/loop.py", "models/counts.py",
-                 "import_data.py", "analysis/results.py", "analysis/summary.py"):
+                 "import_data.py", "export.py", "train/weights.py", "analysis/results.py",
+                 "analysis/summary.py"):
     assert f"regnet_jax/{module}" in names, module
   assert not any(n.startswith(("tests/", "configs/", "benchmarks/")) for n in names)
   assert any(n.endswith("licenses/LICENSE") or n.endswith("/LICENSE") for n in names)
@@ -63,6 +64,7 @@ def test_tools_run_from_the_installed_package(installed, tmp_path):
     ("regnet_jax.cpu", {"cpu"}),
     ("regnet_jax.train.evaluate", {"models", "data", "cpu", "train"}),
     ("regnet_jax.train.loop", {"models", "data", "cpu", "train"}),  # never the analyses
+    ("regnet_jax.train.weights", {"models", "data", "cpu", "train"}),
 ])
 def test_dependencies_point_one_way(module, allowed):
   """What importing each package pulls in of the others (in a fresh interpreter; the neutral
@@ -74,3 +76,14 @@ def test_dependencies_point_one_way(module, allowed):
   loaded = eval(out)
   assert {m.split(".")[1] for m in loaded if m.count(".")} <= allowed | {"checks"}, loaded
   assert module == "regnet_jax.train.loop" or "regnet_jax.train.loop" not in loaded
+
+
+def test_import_regnet_jax_stays_light_until_load_pretrained_is_used():
+  """``import regnet_jax`` loads neither JAX nor any subpackage; ``regnet_jax.load_pretrained``
+  is imported on first use."""
+  code = ("import sys, regnet_jax; print(sorted(m for m in sys.modules if m.startswith("
+          "('jax', 'flax', 'regnet_jax.')))); f = regnet_jax.load_pretrained; "
+          "print(f.__module__, 'jax' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       cwd=REPO).stdout
+  assert out.splitlines() == ["[]", "regnet_jax.train.weights True"]

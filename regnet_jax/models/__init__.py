@@ -11,10 +11,11 @@ data or the CPU kernels.
 """
 
 from regnet_jax.models.cells import ConvCell, DenseGateConv, LightGateConv
-from regnet_jax.models.networks import CifarResNet, ImageNetResNet, Network
+from regnet_jax.models.networks import CLASSIFIER, CifarResNet, ImageNetResNet, Network
 from regnet_jax.models.registry import MODELS, ModelSpec, create_model, get_spec, list_models
 
 __all__ = [
+    "CLASSIFIER",
     "MODELS",
     "CifarResNet",
     "ConvCell",

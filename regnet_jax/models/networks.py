@@ -38,6 +38,8 @@ Array = jax.Array
 ModuleDef = Callable[..., nn.Module]
 
 _he_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# The classifier's name in ``params``: the one layer whose shape depends on ``num_classes``.
+CLASSIFIER = "fc"
 
 
 def he_conv(conv: ModuleDef, features: int, kernel_size: tuple[int, int],
@@ -155,7 +157,7 @@ class Network(nn.Module):
   def head(self, x: Array) -> Array:
     """Global average pooling and the classifier: ``[B, H, W, C] -> [B, classes]`` float32."""
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x).astype(jnp.float32)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name=CLASSIFIER)(x).astype(jnp.float32)
 
 
 class CifarResNet(Network):

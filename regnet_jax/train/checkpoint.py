@@ -138,6 +138,12 @@ def check_workdir(workdir: str, checkpoint_bytes: int, keep: int) -> None:
                   "(free space, another --workdir, or a lower keep_checkpoints)")
 
 
+def has_checkpoints(workdir: str) -> bool:
+  """Whether ``workdir`` holds a checkpoint folder (a run to resume); reads, never writes."""
+  directory = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config from ``config.json``, in today's layout (:func:`upgrade_config`)."""
   import ml_collections
@@ -181,18 +187,20 @@ def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   return out
 
 
-def first_difference(saved: Any, expected: Any) -> str | None:
-  """The first leaf (model parameters first) whose presence or shape differs, or None."""
+def first_difference(saved: Any, expected: Any, saved_name: str = "the checkpoint",
+                     expected_name: str = "the model") -> str | None:
+  """The first leaf (model parameters first) whose presence or shape differs, or None; the
+  two trees are called ``saved_name`` and ``expected_name``."""
   a, b = _leaf_shapes(saved), _leaf_shapes(expected)
   names = sorted(set(a) | set(b), key=lambda n: (not n.startswith(".params"), n))
   for name in names:
     if a.get(name) != b.get(name):
       where = name.lstrip(".")
       if name not in a:
-        return f"{where} is missing from the checkpoint"
+        return f"{where} is missing from {saved_name}"
       if name not in b:
-        return f"{where} is in the checkpoint but not in the model"
-      return f"{where} has shape {a[name]} in the checkpoint, {b[name]} in the model"
+        return f"{where} is in {saved_name} but not in {expected_name}"
+      return f"{where} has shape {a[name]} in {saved_name}, {b[name]} in {expected_name}"
   return None
 
 

@@ -172,21 +172,31 @@ def with_precise_bn(run: Restored, dp: DataParallel, source: Any, num_batches: i
   return {**run.variables, "batch_stats": stats}
 
 
-def load_from_workdir(workdir: str, step: int | None = None, precise_bn_batches: int = 0
-                      ) -> tuple[models.Network, Variables, ml_collections.ConfigDict]:
-  """The model, its variables (``params`` and ``batch_stats``) and the run's config, from
-  checkpoint ``step`` (None: the newest) of ``workdir``, on one device.
+def restore_for_inference(workdir: str, step: int | None = None, precise_bn_batches: int = 0,
+                          dp: DataParallel | None = None) -> Restored:
+  """:func:`restore` on ``dp``'s devices (default: one device).
 
   With ``precise_bn_batches``, the BatchNorm statistics are recomputed over that many of the
   run's training batches (this reads the dataset). A network evaluated before its learning
   rate has decayed can need this: its running averages lag behind its weights.
   """
-  dp = DataParallel(jax.devices()[:1])
+  dp = dp or DataParallel(jax.devices()[:1])
   run = restore(workdir, step, dp)
-  variables = run.variables
   if precise_bn_batches > 0:
-    variables = with_precise_bn(run, dp, eval_source(run.config, dp), precise_bn_batches)
-  return run.model, variables, run.config
+    run = dataclasses.replace(run, variables=with_precise_bn(
+        run, dp, eval_source(run.config, dp), precise_bn_batches))
+  return run
+
+
+def load_from_workdir(workdir: str, step: int | None = None, precise_bn_batches: int = 0
+                      ) -> tuple[models.Network, Variables, ml_collections.ConfigDict]:
+  """The model, its variables (``params`` and ``batch_stats``) and the run's config, from
+  checkpoint ``step`` (None: the newest) of ``workdir``, on one device, with BatchNorm
+  statistics recomputed over ``precise_bn_batches`` training batches where > 0
+  (:func:`restore_for_inference`). :func:`regnet_jax.load_pretrained` also reads exported
+  weights files."""
+  run = restore_for_inference(workdir, step, precise_bn_batches)
+  return run.model, run.variables, run.config
 
 
 def evaluate_workdir(workdir: str, step: int | None = None, precise_bn_batches: int = 0,

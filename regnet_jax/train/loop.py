@@ -3,10 +3,11 @@ the train step (:mod:`regnet_jax.train.steps`).
 
 Whatever the source (``config.input``: the tfds pipeline, or CIFAR resident on the devices),
 the loop resumes from the newest checkpoint (with the recipe it was started with:
-:mod:`regnet_jax.train.resume`), logs the first step's metrics and then every
-``log_every_steps``, evaluates (also with precise BN if asked), checks that the loss and the
-parameters are finite, saves checkpoints, and stops cleanly, with a checkpoint, on SIGTERM or
-SIGINT and at an optional deadline.
+:mod:`regnet_jax.train.resume`) or, at the first start, initialises the model at random or
+from a trained run (``config.init_from``: :mod:`regnet_jax.train.init_from`), logs the first
+step's metrics and then every ``log_every_steps``, evaluates (also with precise BN if asked),
+checks that the loss and the parameters are finite, saves checkpoints, and stops cleanly, with
+a checkpoint, on SIGTERM or SIGINT and at an optional deadline.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from clu import metric_writers, periodic_actions
 
 from regnet_jax import data
 from regnet_jax.models import counts
-from regnet_jax.train import checkpoint, evaluate, factory, optim, resume, steps
+from regnet_jax.train import checkpoint, evaluate, factory, init_from, optim, resume, steps
 from regnet_jax.train.mesh import DataParallel
 from regnet_jax.train.validate import validate_config
 
@@ -94,14 +95,26 @@ class _Run:
     steps set up."""
     config, workdir = self.config, self.workdir
     logging.info("Initialising %s and looking for a checkpoint in %s...", config.model, workdir)
-    state = steps.create_train_state(self.model, optim.create_optimizer(config, self.schedule),
+    fresh = steps.create_train_state(self.model, optim.create_optimizer(config, self.schedule),
                                      config.seed, self.spec.image_size)
-    checkpoint.check_workdir(workdir, sum(x.nbytes for x in jax.tree.leaves(state)),
+    # Fine-tuning's source is read at the first start only, before anything is written.
+    initial, origin = fresh, None
+    init = lambda: init_from.initial_state(fresh, self.model.num_classes,
+                                           config.init_from, self.dp)
+    resuming = checkpoint.has_checkpoints(workdir)
+    if config.get("init_from") and not resuming:
+      initial, origin = init()
+    checkpoint.check_workdir(workdir, sum(x.nbytes for x in jax.tree.leaves(fresh)),
                              config.keep_checkpoints)
     self.ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
-    state = self.dp.replicate(self.ckpt.restore_latest(state, self.dp.replicated) or state)
+    restored = self.ckpt.restore_latest(fresh, self.dp.replicated)
+    if restored is None and resuming and config.get("init_from"):  # every checkpoint damaged
+      initial, origin = init()
+    state = self.dp.replicate(restored or initial)
     checkpoint.write_config(workdir, config)
     extra = {"config_changes": {k: list(v) for k, v in changes.items()}} if changes else {}
+    if origin is not None:
+      extra["init_from"] = origin
     reference = factory.build_model(config, self.spec.num_classes, reference=True)  # to count
     checkpoint.record_start(
         workdir, self.dp.devices, steps_per_epoch=self.source.steps_per_epoch,

@@ -60,9 +60,7 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict, allow_changes:
     ValueError: there are some and ``allow_changes`` is False, naming each with its values.
   """
   path = os.path.join(workdir, "config.json")
-  checkpoints = os.path.join(workdir, "checkpoints")
-  if not (os.path.exists(path) and os.path.isdir(checkpoints)
-          and any(name.isdigit() for name in os.listdir(checkpoints))):
+  if not (os.path.exists(path) and checkpoint.has_checkpoints(workdir)):
     return {}
   with open(path) as f:
     changes = config_changes(json.load(f), json.loads(config.to_json()))
