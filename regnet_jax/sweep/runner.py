@@ -1,8 +1,8 @@
 """Running a sweep's unfinished runs, each as its own ``main.py`` process, one or several at a
 time, and stopping them all with a checkpoint on a signal or at a deadline.
 
-Each run is a child process (``python -m regnet_jax.main``, in a session of its own): a run
-that fails does not stop the others, and it is recorded with its error in its workdir's
+Each run is a child process (``python -m regnet_jax.main``, in a process group of its own): a
+run that fails does not stop the others, and it is recorded with its error in its workdir's
 ``sweep.jsonl``. Its output goes to its workdir's ``sweep.log`` and, each line headed by the
 run's name, to the sweep's own output.
 
@@ -179,9 +179,9 @@ class Runner:
 
   def __init__(self, runs: Sequence[Run], root: str, import_path: str,
                slot_envs: list[dict[str, str]], deadline_s: float | None = None,
-               out: IO[str] = sys.stdout):
+               out: IO[str] | None = None):
     self.pending = collections.deque(runs)
-    self.root, self.out = root, out
+    self.root, self.out = root, out or sys.stdout
     self.free = list(slot_envs)
     self.jobs: dict[_Job, dict[str, str]] = {}
     self.begin = time.monotonic()

@@ -2,6 +2,7 @@
 each run's main.py command line, shards, devices, and bad input refused in one line."""
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -188,3 +189,17 @@ def test_a_root_that_is_a_file_is_refused_by_the_command(tmp_path):
       f"error: --root={root} is a file; give a folder for the runs' workdirs (it is made if "
       "missing)"]
   assert root.read_text() == "notes" and os.listdir(tmp_path) == ["a_file"]
+
+
+def test_the_docs_sweeps_exist_and_their_slurm_script_is_bash():
+  docs = "".join((REPO / name).read_text() for name in ("README.md", "docs/sweeps.md",
+                                                          "docs/results.md"))
+  named = set(re.findall(r"--sweep=configs/sweeps\.py:([a-z0-9]+(?:,cifar10+)?)", docs))
+  assert {"table1", "table3", "table3,cifar100", "table4", "table5", "reduced10",
+          "reduced20"} <= named
+  for arg in named:
+    spec.load(f"{SWEEPS}:{arg}")
+  script = re.search(r"```bash\n(#!/bin/bash\n.*?)```", (REPO / "docs/sweeps.md").read_text(),
+                     re.S).group(1)
+  assert "--signal=B:TERM@" in script and "--requeue" in script
+  subprocess.run(["bash", "-n"], input=script, text=True, check=True)
