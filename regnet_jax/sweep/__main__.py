@@ -109,7 +109,10 @@ def _run(args: argparse.Namespace, sweep: spec.Sweep, runs: tuple[spec.Run, ...]
   devices = (f"{len(gpus)} GPU{'s' * (len(gpus) > 1)}" if gpus else "the CPU")
   print(f"sweep: {sweep.label}{where}: {len(runs)} of {len(sweep.runs)} runs in {args.root}; "
         f"{parallel} at a time on {devices}", flush=True)
-  os.makedirs(args.root, exist_ok=True)
+  try:
+    os.makedirs(args.root, exist_ok=True)
+  except OSError as e:
+    raise SystemExit(f"error: cannot make --root={args.root}: {e.strerror or e}") from None
   sweeper = runner.Runner(runs, args.root, sweep.import_path, runner.slots(gpus, parallel),
                           args.deadline_s)
   code = sweeper.run()

@@ -252,7 +252,12 @@ class Runner:
     if state.read(workdir, run.config).done:
       self.outcomes["done"].append(run.name)
       return
-    fd = state.lock(workdir)
+    try:
+      fd = state.lock(workdir)
+    except OSError as e:
+      self.outcomes["failed"].append(run.name)
+      self.say(f"{run.name}: failed: cannot use the workdir {workdir}: {e.strerror or e}")
+      return
     if fd is None:
       self.outcomes["running elsewhere"].append(run.name)
       self.say(f"{run.name}: skipped, another sweep is running it")

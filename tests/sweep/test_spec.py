@@ -6,6 +6,7 @@ import re
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -203,3 +204,36 @@ def test_the_docs_sweeps_exist_and_their_slurm_script_is_bash():
                      re.S).group(1)
   assert "--signal=B:TERM@" in script and "--requeue" in script
   subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+
+
+@pytest.mark.parametrize("value, line", [
+    ("None", "None cannot be given on main.py's command line"),
+    ("5", "main.py's command line reads it back as '5'; give the field's type"),
+])
+def test_sweep_values_that_main_py_cannot_read_back_are_refused(value, line, tmp_path):
+  path = tmp_path / "sweep.py"
+  path.write_text("import ml_collections\n\ndef get_sweep():\n  return ml_collections.ConfigDict("
+                  "dict(config='configs/cifar.py:{model}', models=['resnet20'], seeds=[0], "
+                  f"overrides={{'data_dir': {value}}}))\n")
+  with pytest.raises(ValueError) as error:
+    spec.load(str(path))
+  assert str(error.value) == f"{path} overrides data_dir={value}: {line}"
+
+
+def test_a_run_gets_sigterm_when_its_sweep_dies(tmp_path):
+  """The sweep's children ask the kernel for SIGTERM when the sweep dies (even by SIGKILL), so
+  that each saves a checkpoint instead of training on alone."""
+  got = tmp_path / "got"
+  child = ("import signal, sys, time\n"
+           f"signal.signal(signal.SIGTERM, lambda *a: (open({str(got)!r}, 'w').write('TERM'), "
+           "sys.exit(0)))\nprint('ready', flush=True)\ntime.sleep(120)\n")
+  sweep = ("import subprocess, sys\nfrom regnet_jax.sweep import runner\n"
+           f"child = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE, "
+           "start_new_session=True, preexec_fn=runner._die_with_parent)\n"
+           "child.stdout.readline()\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+  assert subprocess.run([sys.executable, "-c", sweep], cwd=REPO, timeout=300).returncode == -9
+  for _ in range(300):
+    if got.exists() and got.read_text() == "TERM":
+      break
+    time.sleep(0.1)
+  assert got.read_text() == "TERM"
