@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
                                    description=__doc__.split("\n\n")[0])
   commands = parser.add_subparsers(dest="command", required=True)
   for name, text in COMMANDS.items():
-    sub = commands.add_parser(name, help=text, description=text)
+    sub = commands.add_parser(name, help=text, description=text, epilog=(
+        "--set.FIELD=VALUE (repeatable) sets a config field of every run, as main.py's "
+        "--config.FIELD=VALUE does."))
     sub.add_argument("--sweep", required=True, metavar="FILE[:ARG]",
                      help="the sweep file and its argument (configs/sweeps.py:table3)")
     sub.add_argument("--root", required=True, help="the folder of the runs' workdirs")

@@ -162,7 +162,7 @@ class _Expander:
       if not VARIANT.fullmatch(name):
         raise ValueError(f"{label}: variant {name!r}: use letters, digits and dots only (the "
                          "name goes into the runs' workdir names)")
-    self.sources: dict[str, tuple[str, str]] = {}  # field -> (value, where it was given)
+    self.sources: dict[str, tuple[Any, str]] = {}  # field -> (value, where it was given)
     for field, value in flatten(sweep.get("overrides")).items():
       self._add(field, value, f"{label} overrides {field}={value!r}")
     for field, value in sets.items():
