@@ -3,6 +3,7 @@ each run's main.py command line, shards, devices, and bad input refused in one l
 
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -192,7 +193,12 @@ def test_a_root_that_is_a_file_is_refused_by_the_command(tmp_path):
   assert root.read_text() == "notes" and os.listdir(tmp_path) == ["a_file"]
 
 
-def test_the_docs_sweeps_exist_and_their_slurm_script_is_bash():
+def slurm_script() -> str:
+  return re.search(r"```bash\n(#!/bin/bash\n.*?)```", (REPO / "docs/sweeps.md").read_text(),
+                   re.S).group(1)
+
+
+def test_the_docs_sweeps_exist():
   docs = "".join((REPO / name).read_text() for name in ("README.md", "docs/sweeps.md",
                                                           "docs/results.md"))
   named = set(re.findall(r"--sweep=configs/sweeps\.py:([a-z0-9]+(?:,cifar10+)?)", docs))
@@ -200,10 +206,33 @@ def test_the_docs_sweeps_exist_and_their_slurm_script_is_bash():
           "reduced20"} <= named
   for arg in named:
     spec.load(f"{SWEEPS}:{arg}")
-  script = re.search(r"```bash\n(#!/bin/bash\n.*?)```", (REPO / "docs/sweeps.md").read_text(),
-                     re.S).group(1)
-  assert "--signal=B:TERM@" in script and "--requeue" in script
-  subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+
+
+def test_the_slurm_script_passes_sigterm_on_and_requeues_a_stopped_task(tmp_path):
+  """The docs' sbatch script with stand-ins for python (a sweep that exits 75 on SIGTERM) and
+  scontrol: SIGTERM to the script (SLURM's --signal=B:TERM) reaches the sweep, and the task
+  is requeued with the sweep's exit status."""
+  script = slurm_script()
+  assert "#SBATCH --signal=B:TERM@" in script and "#SBATCH --requeue" in script
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  for name, body in (("python", 'echo "$@" > args\ntrap "exit 75" TERM\ntouch started\n'
+                                "while true; do sleep 0.1; done\n"),
+                     ("scontrol", 'echo "$@" > requeued\n')):
+    (bin_dir / name).write_text(f"#!/bin/bash\n{body}")
+    (bin_dir / name).chmod(0o755)
+  env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_JOB_ID": "7",
+         "SLURM_ARRAY_TASK_ID": "2"}
+  proc = subprocess.Popen(["bash", "-c", script], cwd=tmp_path, env=env)
+  for _ in range(300):
+    if (tmp_path / "started").exists():
+      break
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=60) == 75
+  assert (tmp_path / "requeued").read_text() == "requeue 7_2\n"
+  assert (tmp_path / "args").read_text().startswith(
+      "-m regnet_jax.sweep run --sweep=configs/sweeps.py:table3,cifar10 ")
 
 
 @pytest.mark.parametrize("value, line", [
