@@ -34,7 +34,7 @@ def test_the_wheel_holds_the_package_and_the_kernel_sources_in_the_cpu_package(i
                      "regnet_jax/cpu/kernel_common.h"]
   for module in ("models/cells.py", "data/pipeline.py", "train/loop.py", "models/counts.py",
                  "import_data.py", "export.py", "train/weights.py", "analysis/results.py",
-                 "analysis/summary.py"):
+                 "analysis/summary.py", "main.py", "sweep/__main__.py"):
     assert f"regnet_jax/{module}" in names, module
   assert not any(n.startswith(("tests/", "configs/", "benchmarks/")) for n in names)
   assert any(n.endswith("licenses/LICENSE") or n.endswith("/LICENSE") for n in names)
@@ -51,6 +51,13 @@ def test_tools_run_from_the_installed_package(installed, tmp_path):
   out = run("-m", "regnet_jax.analysis.summary", "--models", "regnet20_gru")
   assert out.returncode == 0, out.stderr[-2000:]
   assert "| regnet20_gru " in out.stdout and "310,202" in out.stdout
+  # A sweep file of the checkout names its configs relative to the checkout.
+  out = run("-m", "regnet_jax.sweep", "status", f"--sweep={REPO}/configs/sweeps.py:table1",
+            "--root=runs")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.splitlines()[-3:] == [
+      "regnet20_gru-dense3x3_seed2        -        -  not started", "9 runs: 9 not started",
+      "time left: unknown until a run of each model has logged its steps"]
   out = run("-c", "import regnet_jax, regnet_jax.cpu as c; print(regnet_jax.__file__); "
             "print(sorted(c.implementations()))")
   assert out.returncode == 0, out.stderr[-2000:]

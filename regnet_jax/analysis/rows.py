@@ -20,7 +20,7 @@ from regnet_jax.analysis import events
 from regnet_jax.models.cells import PAIRINGS
 from regnet_jax.train import checkpoint, evaluate
 
-# The paper's test errors (%), Tables I, III and IV, keyed by (dataset, label); see label().
+# The paper's test errors (%), Tables I, III, IV and V, keyed by (dataset, label); see label().
 PAPER_ERROR = {
     ("cifar10", "resnet20"): 8.38, ("cifar100", "resnet20"): 31.72,
     ("cifar10", "regnet20_rnn"): 7.60, ("cifar100", "regnet20_rnn"): 30.03,
@@ -37,6 +37,12 @@ PAPER_ERROR = {
     ("cifar10", "resnet56"): 6.78, ("cifar100", "resnet56"): 28.14,
     ("cifar10", "regnet56_gru"): 6.39, ("cifar100", "regnet56_gru"): 27.02,
     ("cifar10", "regnet56_lstm"): 6.45, ("cifar100", "regnet56_lstm"): 27.26,
+    ("cifar10", "regnet20_gru stages 1"): 7.52, ("cifar100", "regnet20_gru stages 1"): 30.40,
+    ("cifar10", "regnet20_gru stages 2"): 7.48, ("cifar100", "regnet20_gru stages 2"): 30.34,
+    ("cifar10", "regnet20_gru stages 3"): 7.49, ("cifar100", "regnet20_gru stages 3"): 30.30,
+    ("cifar10", "regnet20_lstm stages 1"): 7.56, ("cifar100", "regnet20_lstm stages 1"): 30.23,
+    ("cifar10", "regnet20_lstm stages 2"): 7.49, ("cifar100", "regnet20_lstm stages 2"): 30.28,
+    ("cifar10", "regnet20_lstm stages 3"): 7.52, ("cifar100", "regnet20_lstm stages 3"): 29.92,
 }
 
 # What training records in runs.jsonl when it starts, for the reports.
