@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from regnet_jax.data import datasets, pipeline
-from regnet_jax.data.import_data import read_npz
+from regnet_jax.import_data import read_npz
 
 SAMPLE = pathlib.Path(__file__).parents[1] / "tests/testdata/imagenette/imagenet-sample-jpeg.npz"
 SIZE = 224

@@ -57,7 +57,7 @@ def full_data(*parts: str) -> pathlib.Path:
 def tfds_dir(tmp_path_factory) -> str:
   """A tfds data_dir with the real CIFAR-10 (512 train / 200 test) and Imagenette (40 train /
   20 validation) slices of tests/testdata, imported with `regnet_jax.import_data`."""
-  from regnet_jax.data import import_data
+  from regnet_jax import import_data
 
   data_dir = tmp_path_factory.mktemp("data") / "tfds"
   for dataset in ("cifar10", "imagenette"):
@@ -68,7 +68,7 @@ def tfds_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def imagenet_sample() -> tuple[list[bytes], np.ndarray]:
   """34 ImageNet photographs of varied sizes (4 greyscale) as JPEG bytes and labels."""
-  from regnet_jax.data.import_data import read_npz
+  from regnet_jax.import_data import read_npz
 
   return read_npz(str(TESTDATA / "imagenette" / "imagenet-sample-jpeg.npz"))
 

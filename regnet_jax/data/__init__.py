@@ -1,12 +1,12 @@
-"""Data: dataset specs, the host pipeline (tfds datasets and image folders), the offline
-import and the device-resident source.
+"""Data: dataset specs, the host pipeline (tfds datasets and image folders) and the
+device-resident source (the offline import, ``python -m regnet_jax.import_data``, prepares
+tfds's copies where tfds cannot download).
 
 - :mod:`~regnet_jax.data.datasets`: what the code knows about a dataset, resolved from the
   config (:func:`get_spec`), and :func:`normalize`, the models' input transform.
 - :mod:`~regnet_jax.data.folder`: a folder of images in class subfolders as a dataset.
 - :mod:`~regnet_jax.data.pipeline`: the host input pipeline (tfds datasets and folders).
 - :mod:`~regnet_jax.data.resident`: small images held on the devices.
-- :mod:`~regnet_jax.data.import_data`: imports a local copy where tfds cannot download.
 - :mod:`~regnet_jax.data.stats`: a dataset's per-channel mean and standard deviation.
 
 Both sources give the training loop the same interface: ``spec``, ``steps_per_epoch``,

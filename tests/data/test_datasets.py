@@ -12,8 +12,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import default
-from regnet_jax import data
-from regnet_jax.data import datasets, import_data, resident
+from regnet_jax import data, import_data
+from regnet_jax.data import datasets, resident
 from regnet_jax.data import pipeline as ip
 from regnet_jax.train.mesh import DataParallel
 

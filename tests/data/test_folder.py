@@ -24,7 +24,7 @@ from regnet_jax.analysis import events
 from regnet_jax.data import folder, stats
 from regnet_jax.data import pipeline as ip
 from regnet_jax.data.datasets import IMAGENETTE_CLASSES
-from regnet_jax.data.import_data import read_npz
+from regnet_jax.import_data import read_npz
 from regnet_jax.train import loop
 from regnet_jax.train.mesh import DataParallel
 from tests.conftest import REPO, TESTDATA

@@ -232,7 +232,7 @@ def test_antialiasing_changes_only_shrinking_crops(imagenet_sample):
 def test_every_photo_of_the_full_sample_decodes_and_crops():
   """All 209 photos of the full ImageNet sample (one per class, every size and colour mode
   there is): both crops give 224x224x3 pixels in range. Needs $REGNET_DATA."""
-  from regnet_jax.data.import_data import read_npz
+  from regnet_jax.import_data import read_npz
   from tests.conftest import full_data
 
   images, _ = read_npz(str(full_data("imagenette", "imagenet-sample-jpeg.npz")))
@@ -333,7 +333,7 @@ def test_config_resize_antialias_reaches_every_crop(tfds_dir, monkeypatch, antia
 def corrupt_tfds_dir(tmp_path_factory):
   """Imagenette, 8 training photos, one of which has its JPEG data overwritten (header kept,
   so the import accepts it and only decoding fails)."""
-  from regnet_jax.data import import_data
+  from regnet_jax import import_data
 
   root = tmp_path_factory.mktemp("corrupt")
   src = root / "src"
@@ -374,7 +374,7 @@ def test_undecodable_image_is_named_or_skipped(corrupt_tfds_dir):
 
 
 def test_import_command_says_what_it_did_without_progress_bars(tmp_path, capfd):
-  from regnet_jax.data import import_data
+  from regnet_jax import import_data
 
   args = ["--dataset=cifar10", f"--source={TESTDATA / 'cifar10'}", f"--data_dir={tmp_path}"]
   import_data.main(args)
