@@ -13,7 +13,10 @@ import pytest
 from flax import traverse_util
 
 from regnet_jax import models
+from regnet_jax.data.datasets import IMAGENETTE_CLASSES
 from regnet_jax.train import checkpoint, evaluate, factory, init_from, loop, optim, steps, weights
+from tests.conftest import TESTDATA
+from tests.data.test_folder import write_images
 from tests.train.conftest import TRAINED_STEPS
 from tests.train.test_loop import tiny_config
 
@@ -88,6 +91,31 @@ def test_finetuning_from_a_file_of_another_class_count_reinitialises_the_classif
           "a fresh optimizer") in caplog.text
   [run] = checkpoint.read_runs(str(tmp_path / "run"))
   assert run["init_from"]["path"] == path and run["init_from"]["workdir"] == trained_run
+
+
+def test_finetuning_onto_a_folder_of_three_classes_keeps_all_but_the_classifier(
+    trained_run, tfds_dir, tmp_path, monkeypatch, caplog):
+  """CIFAR-10's 10 classes onto a folder of 3 classes of photos (trained at 32 pixels): at
+  step 0 every parameter and BatchNorm statistic but the classifier is the source's; the
+  classifier is the one a run without init_from starts with, for 3 classes."""
+  caplog.set_level("INFO")
+  root = tmp_path / "three"
+  for split in ("train", "val"):
+    write_images(root / split, TESTDATA / "imagenette" / f"{split}-jpeg.npz", IMAGENETTE_CLASSES)
+    for name in IMAGENETTE_CLASSES[3:]:
+      shutil.rmtree(root / split / name)
+  config = tiny_config(tfds_dir, dataset=f"folder:{root}", image_size=32, batch_size=8,
+                       init_from=trained_run)
+  state = start_state(config, str(tmp_path / "run"), monkeypatch)
+  _, source, _ = evaluate.load_from_workdir(trained_run)
+  source = jax.device_get(source)
+  head = state.params.pop(models.CLASSIFIER)
+  source["params"].pop(models.CLASSIFIER)
+  assert_trees_equal(state.params, source["params"])
+  assert_trees_equal(state.batch_stats, source["batch_stats"])
+  assert head["kernel"].shape[-1] == 3
+  assert_trees_equal(head, fresh_state(config, 3).params[models.CLASSIFIER])
+  assert "but the classifier (fc), re-initialised for 3 classes (the source has 10)" in caplog.text
 
 
 def shapes(model, num_classes, **model_args):
