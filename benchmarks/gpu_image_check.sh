@@ -15,7 +15,7 @@
 #      its CPU mode end to end, flax, optax and orbax-checkpoint imported from the carried
 #      wheels, the stop at a failed backend check) and the throughput and numerics tests.
 #
-# About 5 minutes on a shared 2-core VM with pip's cache warm (under 1 for the venv).
+# About 3 minutes on a 2-core VM with pip's cache warm (docs/performance.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${1:-${TMPDIR:-/tmp}/regnet_jax_gpu_image}
